@@ -1,0 +1,344 @@
+"""Configuration: one YAML or JSON file loaded into immutable dataclasses.
+
+Usage::
+
+    config = load_config("conf/demo.yaml")          # raises ConfigError
+    config.models["llama"].port, config.policy.request_timeout_secs
+
+Every setting and its default is declared once, as a dataclass field whose
+metadata holds its validator. Validation is strict and complete: unknown keys,
+wrong types, bad model names, clashing ports, empty hooks and out-of-range
+numbers are all collected and reported together, each as
+``FILE: key.path: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+HOOK_KINDS = ("wake", "sleep", "alive")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` lists every reason, one line each."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+# --- validators: take the raw value, return the converted one or raise ValueError ---
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+            return value
+        raise ValueError(f"expected an integer {lo}-{hi}, got {_show(value)}")
+
+    return check
+
+
+def seconds(*, allow_zero: bool = False) -> Callable[[Any], float]:
+    bound = ">= 0" if allow_zero else "> 0"
+
+    def check(value: Any) -> float:
+        if _is_number(value) and (value > 0 or (allow_zero and value == 0)):
+            if value != value or value == float("inf"):
+                raise ValueError(f"expected a finite number of seconds, got {_show(value)}")
+            return float(value)
+        raise ValueError(f"expected a number of seconds {bound}, got {_show(value)}")
+
+    return check
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check_optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return check_optional
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {_show(value)}")
+
+
+def text(value: Any) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ValueError(f"expected a non-empty string, got {_show(value)}")
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value in choices:
+            return value
+        raise ValueError(f"expected one of {', '.join(choices)}, got {_show(value)}")
+
+    return check
+
+
+def string_list(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {_show(value)}")
+        return tuple(item(v) for v in value)
+
+    return check
+
+
+def url_path(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("/") and ".." not in value and "%" not in value:
+        return value.rstrip("/") or "/"
+    raise ValueError(f"expected a path starting with '/', got {_show(value)}")
+
+
+def env_map(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of names to strings, got {_show(value)}")
+    out = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"expected environment variable names, got {_show(key)}")
+        if isinstance(val, str):
+            out[key] = val
+        elif _is_number(val):
+            out[key] = str(val)
+        else:
+            raise ValueError(f"{key}: expected a string or number, got {_show(val)}")
+    return MappingProxyType(out)
+
+
+def setting(default: Any, check: Callable[[Any], Any], *, required: bool = False) -> Any:
+    meta = {"check": check, "required": required}
+    if isinstance(default, Mapping):  # an empty read-only mapping, built per instance
+        return field(default_factory=lambda: MappingProxyType({}), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type) -> Any:
+    return field(default_factory=cls, metadata={"section": cls})
+
+
+# --- the schema: every key, default and rule in one place ---
+
+
+@dataclass(frozen=True)
+class HookDefaults:
+    wake_timeout: float = setting(900.0, seconds())
+    sleep_timeout: float = setting(300.0, seconds())
+    alive_timeout: float = setting(10.0, seconds())
+    ready_timeout: float = setting(900.0, seconds())
+    kill_grace: float = setting(5.0, seconds())
+
+
+@dataclass(frozen=True)
+class HookTimeouts:
+    """Per-model overrides; ``None`` means 'use the ``hooks:`` default'."""
+
+    wake: float | None = setting(None, optional(seconds()))
+    sleep: float | None = setting(None, optional(seconds()))
+    alive: float | None = setting(None, optional(seconds()))
+    ready: float | None = setting(None, optional(seconds()))
+    kill_grace: float | None = setting(None, optional(seconds()))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = ""
+    port: int = setting(None, integer(1, 65535), required=True)
+    wake: str = setting(None, text, required=True)
+    sleep: str = setting(None, text, required=True)
+    alive: str = setting(None, text, required=True)
+    env: Mapping[str, str] = setting({}, env_map)
+    timeouts: HookTimeouts = section(HookTimeouts)
+
+    def hook(self, kind: str) -> str:
+        return getattr(self, kind)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # `policy_type` is what the Rust llmux calls the policy; only fifo exists so far.
+    policy_type: str = setting("fifo", one_of("fifo"))
+    request_timeout_secs: float | None = setting(None, optional(seconds()))
+    drain_before_switch: bool = setting(True, boolean)
+    drain_timeout_secs: float | None = setting(None, optional(seconds()))
+    min_active_secs: float = setting(0.0, seconds(allow_zero=True))
+    max_queue_depth: int | None = setting(None, optional(integer(1, 10**9)))
+    failure_backoff_secs: float = setting(2.0, seconds(allow_zero=True))
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    connect_timeout: float = setting(5.0, seconds())
+    header_timeout: float = setting(900.0, seconds())
+    idle_timeout: float = setting(900.0, seconds())
+    max_body_bytes: int = setting(64 * 1024 * 1024, integer(1, 2**40))
+    extra_paths: tuple[str, ...] = setting((), string_list(url_path))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = ""
+    port: int = setting(3000, integer(1, 65535))
+    host: str = setting("127.0.0.1", text)
+    # built by _build_models: its keys are names, not settings
+    models: Mapping[str, ModelConfig] = setting({}, None)
+    policy: PolicyConfig = section(PolicyConfig)
+    hooks: HookDefaults = section(HookDefaults)
+    proxy: ProxyConfig = section(ProxyConfig)
+    api_keys: tuple[str, ...] = setting((), string_list(text))
+
+    @property
+    def base_dir(self) -> str:
+        """Hooks run here: the directory of the config file."""
+        return os.path.dirname(os.path.abspath(self.path)) if self.path else os.getcwd()
+
+    def hook_timeout(self, model: str, kind: str) -> float:
+        override = getattr(self.models[model].timeouts, kind)
+        return override if override is not None else getattr(self.hooks, f"{kind}_timeout")
+
+    def kill_grace(self, model: str) -> float:
+        override = self.models[model].timeouts.kill_grace
+        return override if override is not None else self.hooks.kill_grace
+
+
+# --- building ---
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str], **fixed: Any) -> Any:
+    """Build dataclass ``cls`` from ``raw``; append a problem for every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'top level'}: expected a mapping, got {_show(raw)}")
+        return cls(**fixed)
+    keys = {f.name: f for f in dataclasses.fields(cls) if f.metadata}
+    values = dict(fixed)
+    for key in raw:
+        if key not in keys:
+            problems.append(f"{_join(where, key)}: unknown key")
+    for name, fld in keys.items():
+        path = _join(where, name)
+        if name in fixed:
+            continue
+        if "section" in fld.metadata:
+            values[name] = _build(fld.metadata["section"], raw.get(name), path, problems)
+            continue
+        if name not in raw:
+            if fld.metadata["required"]:
+                problems.append(f"{path}: required")
+            continue
+        check = fld.metadata["check"]
+        try:
+            values[name] = check(raw[name])
+        except ValueError as exc:
+            problems.append(f"{path}: {exc}")
+    try:
+        return cls(**values)
+    except TypeError:  # a required value was missing; the problem is already recorded
+        return None
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _build_models(raw: Any, problems: list[str]) -> dict[str, ModelConfig]:
+    if raw is None:
+        problems.append("models: required")
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"models: expected a mapping with at least one model, got {_show(raw)}")
+        return {}
+    models = {}
+    for name, spec in raw.items():
+        where = f"models.{name}"
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+            problems.append(
+                f"{where}: model names must match {MODEL_NAME.pattern} "
+                f"(letters, digits and ._:/@+- only), got {_show(name)}"
+            )
+            continue
+        model = _build(ModelConfig, spec, where, problems, name=name)
+        if model is not None:
+            models[name] = model
+    return models
+
+
+def parse_config(raw: Any, path: str, *, port: int | None = None) -> Config:
+    """Validate already-decoded data; ``port`` overrides the listen port (``--port``)."""
+    problems: list[str] = []
+    if raw is None:  # an empty file
+        raw = {}
+    models = _build_models(raw.get("models"), problems) if isinstance(raw, dict) else {}
+    config = _build(Config, raw, "", problems, path=path, models=MappingProxyType(models))
+    if config is not None and port is not None:
+        config = dataclasses.replace(config, port=port)
+    if config is not None:
+        _check_ports(config, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _check_ports(config: Config, problems: list[str]) -> None:
+    owners: dict[int, str] = {config.port: "the listen port"}
+    for name, model in config.models.items():
+        if model.port in owners:
+            problems.append(
+                f"models.{name}.port: {model.port} is already used by {owners[model.port]}"
+            )
+        else:
+            owners[model.port] = f"model {name}"
+
+
+def load_config(path: str, *, port: int | None = None) -> Config:
+    """Read and validate a YAML (``.yaml``/``.yml``) or JSON (``.json``) file."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".yaml", ".yml", ".json"):
+        problem = f"unsupported extension {ext or '(none)'!r}: use .yaml, .yml or .json"
+        raise ConfigError(path, [problem])
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"cannot read: {exc}"]) from None
+    try:
+        if ext == ".json":
+            raw = json.loads(content)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(content)
+    except Exception as exc:  # yaml.YAMLError or json.JSONDecodeError: say where, once
+        raise ConfigError(path, [f"not valid {ext[1:].upper()}: {_oneline(exc)}"]) from None
+    return parse_config(raw, path, port=port)
+
+
+def _oneline(exc: Exception) -> str:
+    return " ".join(str(exc).split())

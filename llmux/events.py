@@ -1,0 +1,199 @@
+"""What the switcher reports as it works: one method per event.
+
+Usage::
+
+    switcher = Switcher(..., observer=Observers(LogObserver(), metrics))
+
+:class:`Observer` is a no-op base; telemetry subclasses override the events they
+record. The switcher calls them with its lock held, so they must be quick and
+must never call back into the switcher.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .hooks import HookResult
+from .policy import IDLE
+
+log = logging.getLogger("llmux.switcher")
+
+
+class Observer:
+    def request_queued(self, model: str, depth: int) -> None: ...
+
+    def request_admitted(self, model: str, waited: float, queued: bool) -> None: ...
+
+    def request_left_queue(self, model: str, reason: str, waited: float, depth: int) -> None: ...
+
+    def request_timeout(self, model: str, timeout_secs: float) -> None: ...
+
+    def in_flight_changed(self, model: str, in_flight: int) -> None: ...
+
+    def state_changed(self, model: str, state: str) -> None: ...
+
+    def switch_started(self, from_model: str | None, to_model: str) -> None: ...
+
+    def drain_finished(
+        self, from_model: str, to_model: str, seconds: float, completed: bool
+    ) -> None: ...
+
+    def hook_finished(self, model: str, result: HookResult) -> None: ...
+
+    def sleep_hook_failed(
+        self, model: str, to_model: str, error: str, still_alive: bool
+    ) -> None: ...
+
+    def model_deactivated(self, model: str, active_seconds: float) -> None: ...
+
+    def switch_finished(
+        self,
+        from_model: str | None,
+        to_model: str,
+        ok: bool,
+        seconds: float,
+        error: str = "",
+        ema: float | None = None,
+    ) -> None: ...
+
+
+class Observers(Observer):
+    """Fans every event out to several observers, in order."""
+
+    def __init__(self, *observers: Observer):
+        self.observers = observers
+
+
+def _fan_out(name: str):
+    def method(self, *args, **kwargs):
+        for observer in self.observers:
+            getattr(observer, name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in [n for n in vars(Observer) if not n.startswith("_")]:
+    setattr(Observers, _name, _fan_out(_name))
+
+
+class LogObserver(Observer):
+    """Writes the switch and hook events of SPEC §7 as structured log records."""
+
+    def request_left_queue(self, model, reason, waited, depth):
+        log.info(
+            "request left the queue of %s: %s",
+            model,
+            reason,
+            extra={
+                "event": "request_dequeued",
+                "model": model,
+                "reason": reason,
+                "wait_secs": round(waited, 6),
+            },
+        )
+
+    def request_timeout(self, model, timeout_secs):
+        log.warning(
+            "request for %s waited %ss in the queue and timed out",
+            model,
+            timeout_secs,
+            extra={"event": "request_timeout", "model": model, "timeout_secs": timeout_secs},
+        )
+
+    def switch_started(self, from_model, to_model):
+        log.info(
+            "switch %s -> %s started",
+            from_model or IDLE,
+            to_model,
+            extra={"event": "switch_started", "from": from_model or IDLE, "to": to_model},
+        )
+
+    def drain_finished(self, from_model, to_model, seconds, completed):
+        log.info(
+            "drain of %s %s after %.3fs",
+            from_model,
+            "finished" if completed else "timed out",
+            seconds,
+            extra={
+                "event": "drain_finished",
+                "model": from_model,
+                "to": to_model,
+                "duration_secs": round(seconds, 6),
+                "completed": completed,
+            },
+        )
+
+    def hook_finished(self, model, result):
+        if result.ok:
+            log.info(
+                "%s hook of %s completed in %.3fs",
+                result.hook,
+                model,
+                result.duration,
+                extra={
+                    "event": "hook_completed",
+                    "model": model,
+                    "hook": result.hook,
+                    "duration_secs": round(result.duration, 6),
+                },
+            )
+        else:
+            log.warning(
+                "%s hook of %s failed: %s",
+                result.hook,
+                model,
+                result.describe(),
+                extra={
+                    "event": "hook_failed",
+                    "model": model,
+                    "hook": result.hook,
+                    "exit_code": result.returncode,
+                    "timed_out": result.timed_out,
+                    "duration_secs": round(result.duration, 6),
+                    "stderr": result.stderr[-2000:],
+                },
+            )
+
+    def sleep_hook_failed(self, model, to_model, error, still_alive):
+        log.warning(
+            "sleep hook of %s failed (%s); %s",
+            model,
+            error,
+            "it is still alive, switch abandoned" if still_alive else "it is not alive, going on",
+            extra={
+                "event": "sleep_hook_failed",
+                "model": model,
+                "to": to_model,
+                "error": error,
+                "still_alive": still_alive,
+            },
+        )
+
+    def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None):
+        if ok:
+            log.info(
+                "model %s activated after %.3fs",
+                to_model,
+                seconds,
+                extra={
+                    "event": "model_activated",
+                    "model": to_model,
+                    "from": from_model or IDLE,
+                    "duration_secs": round(seconds, 6),
+                },
+            )
+        else:
+            log.warning(
+                "switch %s -> %s failed: %s",
+                from_model or IDLE,
+                to_model,
+                error,
+                extra={
+                    "event": "switch_failed",
+                    "model": to_model,
+                    "from": from_model or IDLE,
+                    "error": error,
+                    "duration_secs": round(seconds, 6),
+                },
+            )

@@ -1,0 +1,519 @@
+"""The switcher: which model is awake, who may use it, and moving between models.
+
+Usage::
+
+    switcher = Switcher(["llama", "qwen"], HookRunner(config), config.policy)
+    ticket = switcher.acquire("qwen", timeout=30, cancelled=client_gone)
+    try:
+        forward_the_request()
+    finally:
+        ticket.release()        # when the last byte is sent or the client left
+
+One lock and its condition variable guard all state. A request for the awake
+model is admitted at once, many in parallel. Any other request waits in its
+model's queue; the policy picks the next model, and one switch at a time runs
+in a thread of its own (a greenlet under gevent), outside the lock:
+
+    drain the old model -> sleep hook (alive check if it fails) -> wake hook
+    -> alive polling -> admit every waiter of the new model at once
+
+Admitting all waiters and counting them in flight in the same critical section
+that marks the model awake is what keeps a later switch from draining a model
+before its queued requests even started (the Rust llmux's endless switch loop).
+A waiter that times out or whose client leaves only takes itself out of the
+queue; it never starts or cancels a switch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import (
+    ClientGone,
+    LlmuxError,
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+    SwitchTimeout,
+)
+from .events import Observer
+from .hooks import HookResult
+from .policy import FifoPolicy, Snapshot, SwitchCosts, SwitchTo, WaitUntil
+
+log = logging.getLogger("llmux.switcher")
+
+ASLEEP, WAKING, AWAKE, DRAINING, SLEEPING, FAILED = (
+    "asleep",
+    "waking",
+    "awake",
+    "draining",
+    "sleeping",
+    "failed",
+)
+STATES = (ASLEEP, WAKING, AWAKE, DRAINING, SLEEPING, FAILED)
+
+# How often a waiter wakes to re-check its client, and the longest single wait
+# (gevent raises LoopExit on a wait that nothing could ever end).
+CLIENT_POLL_SECS = 0.1
+MAX_WAIT_SECS = 1.0
+ALIVE_FIRST_INTERVAL, ALIVE_MAX_INTERVAL = 0.05, 1.0
+
+
+class Hooks(Protocol):
+    def run(self, model: str, kind: str) -> HookResult: ...
+
+    def ready_timeout(self, model: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class SwitchSettings:
+    request_timeout_secs: float | None = None
+    drain_before_switch: bool = True
+    drain_timeout_secs: float | None = None
+    min_active_secs: float = 0.0
+    max_queue_depth: int | None = None
+    failure_backoff_secs: float = 2.0
+
+    @classmethod
+    def from_policy(cls, policy) -> SwitchSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{n: getattr(policy, n) for n in names})
+
+
+@dataclass(eq=False)
+class _Waiter:
+    model: str
+    since: float
+    granted: bool = False
+    error: LlmuxError | None = None
+
+
+@dataclass(eq=False)
+class _Model:
+    name: str
+    state: str = ASLEEP
+    in_flight: int = 0
+    waiters: list[_Waiter] = field(default_factory=list)
+    awake_since: float | None = None
+
+
+class Ticket:
+    """The right to use one model until :meth:`release` (idempotent)."""
+
+    __slots__ = ("model", "waited", "_switcher", "_released")
+
+    def __init__(self, switcher: Switcher, model: str, waited: float):
+        self.model = model
+        self.waited = waited
+        self._switcher = switcher
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._switcher._release(self.model)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Switcher:
+    def __init__(
+        self,
+        models: Iterable[str],
+        hooks: Hooks,
+        settings: SwitchSettings | None = None,
+        *,
+        policy=None,
+        observer: Observer | None = None,
+        costs: SwitchCosts | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.hooks = hooks
+        self.settings = settings or SwitchSettings()
+        self.policy = policy or FifoPolicy()
+        self.observer = observer or Observer()
+        self.costs = costs or SwitchCosts()
+        self.clock = clock
+        # Built here, after gevent patched threading, so the lock is cooperative.
+        self._cond = threading.Condition(threading.Lock())
+        self._models = {name: _Model(name) for name in models}
+        self._active: str | None = None
+        self._switching = False
+        self._closed = False
+        self._backoff_until = 0.0
+        self._wake_at: float | None = None
+        self.last_switch: dict | None = None
+
+    # --- requests ---
+
+    def acquire(
+        self,
+        model: str,
+        *,
+        timeout: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Ticket:
+        """Wait until ``model`` is awake and count this request in flight on it.
+
+        ``timeout`` defaults to ``request_timeout_secs`` (None waits for ever);
+        ``cancelled`` is polled while waiting and makes the request leave the queue.
+        """
+        if timeout is None:
+            timeout = self.settings.request_timeout_secs
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("llmux is shutting down")
+            m = self._models.get(model)
+            if m is None:
+                raise ModelNotFound(model)
+            if m.state == AWAKE and not m.waiters:
+                self._add_in_flight(m, 1)
+                self.observer.request_admitted(model, 0.0, False)
+                return Ticket(self, model, 0.0)
+            limit = self.settings.max_queue_depth
+            if limit is not None and len(m.waiters) >= limit:
+                raise QueueFull(
+                    f"the queue for model '{model}' is full ({limit} waiting)",
+                    retry_after=self._expected_wait(model),
+                )
+            now = self.clock()
+            waiter = _Waiter(model, now)
+            m.waiters.append(waiter)
+            self.observer.request_queued(model, len(m.waiters))
+            deadline = None if timeout is None else now + timeout
+            try:
+                return self._wait(m, waiter, deadline, timeout, cancelled)
+            except BaseException:
+                self._abandon(m, waiter)
+                raise
+
+    def _wait(self, m, waiter, deadline, timeout, cancelled) -> Ticket:
+        self._kick()
+        while True:
+            now = self.clock()
+            if waiter.granted:
+                self.observer.request_admitted(m.name, now - waiter.since, True)
+                return Ticket(self, m.name, now - waiter.since)
+            if waiter.error is not None:
+                raise waiter.error
+            if deadline is not None and now >= deadline:
+                self._leave_queue(m, waiter, "timeout")
+                self.observer.request_timeout(m.name, timeout)
+                raise QueueTimeout(
+                    f"waited {timeout:g}s for model '{m.name}' to become available",
+                )
+            if cancelled is not None and cancelled():
+                self._leave_queue(m, waiter, "client_gone")
+                raise ClientGone("client disconnected while queued")
+            pause = CLIENT_POLL_SECS if cancelled is not None else MAX_WAIT_SECS
+            if deadline is not None:
+                pause = min(pause, deadline - now)
+            if self._wake_at is not None:
+                pause = min(pause, self._wake_at - now)
+            self._cond.wait(max(pause, 0.001))
+            if self._wake_at is not None and self.clock() >= self._wake_at:
+                self._kick()  # a backoff or residency wait is over
+
+    def _leave_queue(self, m: _Model, waiter: _Waiter, reason: str) -> None:
+        if waiter in m.waiters:
+            m.waiters.remove(waiter)
+            self.observer.request_left_queue(
+                m.name, reason, self.clock() - waiter.since, len(m.waiters)
+            )
+
+    def _abandon(self, m: _Model, waiter: _Waiter) -> None:
+        """The waiting request is gone (cancelled greenlet, error): undo what it holds."""
+        if waiter.granted:
+            waiter.granted = False
+            self._add_in_flight(m, -1)
+        else:
+            self._leave_queue(m, waiter, "cancelled")
+
+    def _release(self, model: str) -> None:
+        with self._cond:
+            self._add_in_flight(self._models[model], -1)
+
+    def _add_in_flight(self, m: _Model, delta: int) -> None:
+        m.in_flight += delta
+        self.observer.in_flight_changed(m.name, m.in_flight)
+        if m.in_flight == 0:
+            self._cond.notify_all()  # a drain may be waiting for exactly this
+            self._kick()
+
+    def _expected_wait(self, model: str) -> int:
+        cost = self.costs.get(self._active, model)
+        return max(1, round(cost)) if cost else 1
+
+    # --- deciding ---
+
+    def _snapshot(self, now: float) -> Snapshot:
+        active = self._models[self._active] if self._active else None
+        return Snapshot(
+            now=now,
+            active=self._active,
+            awake_since=active.awake_since if active else None,
+            in_flight={n: m.in_flight for n, m in self._models.items()},
+            queues={
+                n: tuple(w.since for w in m.waiters) for n, m in self._models.items() if m.waiters
+            },
+            backoff_until=self._backoff_until,
+            min_active_secs=self.settings.min_active_secs,
+            costs=self.costs.snapshot(),
+        )
+
+    def _kick(self) -> None:
+        """Ask the policy what to do next and start a switch if it says so (lock held)."""
+        if self._switching or self._closed:
+            return
+        if self._active is not None:
+            self._admit_all(self._models[self._active])
+        decision = self.policy.decide(self._snapshot(self.clock()))
+        self._wake_at = decision.when if isinstance(decision, WaitUntil) else None
+        if isinstance(decision, SwitchTo):
+            self._switching = True
+            threading.Thread(
+                target=self._run_switch, args=(decision.model,), name="llmux-switch", daemon=True
+            ).start()
+
+    def _admit_all(self, m: _Model) -> None:
+        if m.state != AWAKE or not m.waiters:
+            return
+        waiters, m.waiters = m.waiters, []
+        for waiter in waiters:
+            waiter.granted = True
+        self._add_in_flight(m, len(waiters))
+        self._cond.notify_all()
+
+    def _fail_waiters(self, m: _Model, error: LlmuxError, reason: str) -> None:
+        waiters, m.waiters = m.waiters, []
+        for waiter in waiters:
+            waiter.error = error
+            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since, 0)
+        self._cond.notify_all()
+
+    def _set_state(self, m: _Model, state: str) -> None:
+        m.state = state
+        self.observer.state_changed(m.name, state)
+
+    # --- switching (runs in its own thread, the lock taken only for short steps) ---
+
+    def _run_switch(self, target: str) -> None:
+        try:
+            self._switch(target)
+        except Exception:  # never leave the switcher wedged in "switching"
+            log.exception("switch to %s crashed", target, extra={"event": "switch_crashed"})
+            with self._cond:
+                error = ModelUnavailable(f"switch to model '{target}' failed unexpectedly")
+                self._fail_waiters(self._models[target], error, "failed")
+                self._finish_switch(None, target, self.clock(), ok=False, error="internal error")
+
+    def _switch(self, target: str) -> None:
+        with self._cond:
+            started = self.clock()
+            source = self._active
+            self.observer.switch_started(source, target)
+            phases: dict[str, float] = {}
+            if source is not None:
+                self._set_state(self._models[source], DRAINING)
+        if source is not None:
+            t0 = self.clock()
+            drained = self._drain(source)
+            phases["drain"] = self.clock() - t0
+            self.observer.drain_finished(source, target, phases["drain"], drained)
+            if not drained:
+                self._abandon_switch(
+                    source,
+                    target,
+                    started,
+                    SwitchTimeout(
+                        f"model '{source}' did not finish its requests within "
+                        f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' abandoned",
+                        retry_after=1,
+                    ),
+                    "drain timed out",
+                )
+                return
+            t0 = self.clock()
+            if not self._put_to_sleep(source, target, started):
+                return
+            phases["sleep"] = self.clock() - t0
+        t0 = self.clock()
+        failure = self._wake(target)
+        phases["wake"] = self.clock() - t0
+        with self._cond:
+            m = self._models[target]
+            if failure is not None:
+                self._set_state(m, FAILED)
+                self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+                error = ModelUnavailable(
+                    f"model '{target}' is unavailable: {failure}",
+                    retry_after=max(1, round(self.settings.failure_backoff_secs)),
+                )
+                self._fail_waiters(m, error, "failed")
+                self._finish_switch(source, target, started, ok=False, error=failure, phases=phases)
+                return
+            self._set_state(m, AWAKE)
+            m.awake_since = self.clock()
+            self._active = target
+            self._admit_all(m)
+            self._finish_switch(source, target, started, ok=True, phases=phases)
+
+    def _drain(self, source: str) -> bool:
+        """Wait for the in-flight requests of ``source``; False if the drain timed out."""
+        if not self.settings.drain_before_switch:
+            return True
+        timeout = self.settings.drain_timeout_secs
+        m = self._models[source]
+        with self._cond:
+            deadline = None if timeout is None else self.clock() + timeout
+            while m.in_flight > 0:
+                left = MAX_WAIT_SECS if deadline is None else deadline - self.clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, MAX_WAIT_SECS))
+        return True
+
+    def _put_to_sleep(self, source: str, target: str, started: float) -> bool:
+        """Run ``sleep`` on the old model; False (switch abandoned) if it stays alive."""
+        m = self._models[source]
+        with self._cond:
+            self._set_state(m, SLEEPING)
+        result = self._run_hook(source, "sleep")
+        if not result.ok:
+            still_alive = self._run_hook(source, "alive").ok
+            with self._cond:
+                self.observer.sleep_hook_failed(source, target, result.describe(), still_alive)
+            if still_alive:
+                self._abandon_switch(
+                    source,
+                    target,
+                    started,
+                    ModelUnavailable(
+                        f"model '{target}' is unavailable: could not put '{source}' to sleep "
+                        f"({result.describe()})",
+                        retry_after=1,
+                    ),
+                    result.describe(),
+                )
+                return False
+        with self._cond:
+            self._set_state(m, ASLEEP)
+            self._active = None
+            if m.awake_since is not None:
+                self.observer.model_deactivated(source, self.clock() - m.awake_since)
+            m.awake_since = None
+        return True
+
+    def _abandon_switch(
+        self, source: str, target: str, started: float, error: LlmuxError, reason: str
+    ) -> None:
+        """The old model keeps serving; the target's waiters get ``error``."""
+        with self._cond:
+            m = self._models[source]
+            self._set_state(m, AWAKE)
+            self._fail_waiters(self._models[target], error, "failed")
+            self._admit_all(m)
+            self._finish_switch(source, target, started, ok=False, error=reason)
+
+    def _wake(self, target: str) -> str | None:
+        """Run ``wake`` and poll ``alive``; return why it failed, or None."""
+        with self._cond:
+            self._set_state(self._models[target], WAKING)
+        result = self._run_hook(target, "wake")
+        if result.ok:
+            result = self._wait_alive(target)
+            if result.ok:
+                return None
+            failure = (
+                f"alive hook never passed within {self.hooks.ready_timeout(target):g}s "
+                f"of the wake (last probe: {result.describe()})"
+            )
+        else:
+            failure = result.describe()
+        self._run_hook(target, "sleep")  # clean up whatever half-started
+        return failure
+
+    def _wait_alive(self, model: str) -> HookResult:
+        """Poll ``alive`` with a growing interval until it passes or ``ready_timeout`` ends.
+
+        Failed probes are expected while a model loads; only the outcome of the
+        whole polling is reported, with the time it took.
+        """
+        start = self.clock()
+        deadline = start + self.hooks.ready_timeout(model)
+        interval = ALIVE_FIRST_INTERVAL
+        while True:
+            result = self.hooks.run(model, "alive")
+            if result.ok or self.clock() >= deadline:
+                break
+            time.sleep(min(interval, max(deadline - self.clock(), 0)))
+            interval = min(interval * 1.5, ALIVE_MAX_INTERVAL)
+        result = dataclasses.replace(result, duration=self.clock() - start)
+        with self._cond:
+            self.observer.hook_finished(model, result)
+        return result
+
+    def _run_hook(self, model: str, kind: str) -> HookResult:
+        result = self.hooks.run(model, kind)
+        with self._cond:
+            self.observer.hook_finished(model, result)
+        return result
+
+    def _finish_switch(self, source, target, started, *, ok, error="", phases=None) -> None:
+        """Record the outcome and let the policy pick the next move (lock held)."""
+        seconds = self.clock() - started
+        ema = self.costs.observe(source, target, seconds) if ok else None
+        self.last_switch = {
+            "from": source,
+            "to": target,
+            "ok": ok,
+            "error": error,
+            "duration_secs": seconds,
+            "phases": dict(phases or {}),
+        }
+        self.observer.switch_finished(source, target, ok, seconds, error, ema)
+        self._switching = False
+        self._kick()
+        self._cond.notify_all()
+
+    # --- inspection and shutdown ---
+
+    def status(self) -> dict:
+        with self._cond:
+            now = self.clock()
+            return {
+                "active": self._active,
+                "switching": self._switching,
+                "models": {
+                    n: {
+                        "state": m.state,
+                        "in_flight": m.in_flight,
+                        "queued": len(m.waiters),
+                        "oldest_wait_secs": (now - m.waiters[0].since) if m.waiters else 0.0,
+                    }
+                    for n, m in self._models.items()
+                },
+            }
+
+    def state(self, model: str) -> str:
+        with self._cond:
+            return self._models[model].state
+
+    def close(self) -> None:
+        """Refuse new requests and fail every queued one with ``shutting_down``."""
+        with self._cond:
+            self._closed = True
+            for m in self._models.values():
+                self._fail_waiters(m, ShuttingDown("llmux is shutting down"), "shutdown")

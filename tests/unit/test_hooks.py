@@ -1,0 +1,151 @@
+"""The hook runner against real `sh` snippets."""
+
+import os
+import time
+
+import pytest
+
+from llmux.config import parse_config
+from llmux.hooks import TAIL_BYTES, HookRunner, run_hook
+
+
+def alive(pid: int) -> bool:
+    """True while pid is a live process (a zombie waiting for init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_exit_code_and_output():
+    r = run_hook("echo out; echo err >&2; exit 3", hook="wake", timeout=5)
+    assert (r.returncode, r.ok, r.timed_out) == (3, False, False)
+    assert (r.stdout, r.stderr) == ("out\n", "err\n")
+    assert r.describe() == "wake hook failed with exit code 3: err"
+
+
+def test_success():
+    r = run_hook("true", timeout=5)
+    assert r.ok and r.returncode == 0 and r.duration < 1
+
+
+def test_stderr_tail_is_the_end():
+    r = run_hook("i=0; while [ $i -lt 3000 ]; do echo line$i >&2; i=$((i+1)); done", timeout=10)
+    assert r.stderr.endswith("line2999\n")
+    assert r.describe().endswith("line2999")
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pids = tmp_path / "pids"
+    snippet = f"sleep 1000 & echo $! >> {pids}; sleep 1000 & echo $! >> {pids}; wait"
+    started = time.monotonic()
+    r = run_hook(snippet, hook="wake", timeout=0.5, kill_grace=1)
+    assert r.timed_out and not r.ok
+    assert r.returncode == -15  # the shell died of our SIGTERM
+    assert time.monotonic() - started < 1.4
+    children = [int(p) for p in pids.read_text().split()]
+    assert len(children) == 2
+    assert not any(alive(p) for p in children), "a grandchild survived the timeout"
+    assert r.describe().startswith("wake hook timed out after 0.5s")
+
+
+def test_timeout_escalates_to_sigkill(tmp_path):
+    pids = tmp_path / "pids"
+    snippet = f"trap '' TERM; (trap '' TERM; sleep 1000) & echo $! > {pids}; sleep 1000"
+    started = time.monotonic()
+    r = run_hook(snippet, timeout=0.3, kill_grace=0.3)
+    assert r.timed_out and r.returncode == -9
+    assert time.monotonic() - started < 1.5
+    assert not alive(int(pids.read_text()))
+
+
+def test_a_background_daemon_with_redirected_output_does_not_hold_the_hook(tmp_path):
+    pidfile = tmp_path / "daemon.pid"
+    started = time.monotonic()
+    r = run_hook(f"sleep 30 >/dev/null 2>&1 & echo $! > {pidfile}; echo started", timeout=10)
+    assert r.ok and r.stdout == "started\n"
+    assert time.monotonic() - started < 1
+    pid = int(pidfile.read_text())
+    try:
+        assert alive(pid), "llmux killed the daemon a successful hook started"
+    finally:
+        os.kill(pid, 9)
+
+
+def test_a_background_child_keeping_the_pipes_open_does_not_hold_the_hook(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    started = time.monotonic()
+    r = run_hook(f"sleep 30 & echo $! > {pidfile}; echo started", timeout=10)
+    assert r.ok and time.monotonic() - started < 1
+    os.kill(int(pidfile.read_text()), 9)
+
+
+def test_ten_megabytes_of_output_stay_bounded():
+    r = run_hook("head -c 10000000 /dev/zero | tr '\\0' a; echo end >&2", timeout=20)
+    assert r.ok
+    assert len(r.stdout) == TAIL_BYTES and set(r.stdout) == {"a"}
+    assert r.stderr == "end\n"
+
+
+def test_cannot_start():
+    r = run_hook("true", timeout=5, cwd="/nonexistent/dir")
+    assert not r.ok and r.error and "could not start" in r.describe()
+
+
+def test_runner_environment_and_working_directory(tmp_path, monkeypatch):
+    config = parse_config(
+        {
+            "models": {
+                "qwen": {
+                    "port": 8123,
+                    "wake": "pwd; env",
+                    "sleep": "true",
+                    "alive": "true",
+                    "env": {"CUDA_VISIBLE_DEVICES": 1, "EXTRA": "x y"},
+                }
+            }
+        },
+        str(tmp_path / "llmux.yaml"),
+    )
+    monkeypatch.setenv("LLMUX_TEST_INHERITED", "yes")
+    r = HookRunner(config).run("qwen", "wake")
+    assert r.ok
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(tmp_path)
+    env = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+    assert env["LLMUX_MODEL"] == "qwen"
+    assert env["LLMUX_PORT"] == "8123"
+    assert env["LLMUX_HOOK"] == "wake"
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert env["EXTRA"] == "x y"
+    assert env["LLMUX_TEST_INHERITED"] == "yes"
+
+
+def test_runner_uses_configured_timeouts(tmp_path):
+    config = parse_config(
+        {
+            "models": {
+                "m": {
+                    "port": 8124,
+                    "wake": "sleep 5",
+                    "sleep": "true",
+                    "alive": "sleep 5",
+                    "timeouts": {"wake": 0.2, "kill_grace": 0.2},
+                }
+            },
+            "hooks": {"alive_timeout": 0.3},
+        },
+        str(tmp_path / "llmux.yaml"),
+    )
+    runner = HookRunner(config)
+    r = runner.run("m", "wake")
+    assert r.timed_out and r.duration < 1
+    r = runner.run("m", "alive")
+    assert r.timed_out and 0.25 < r.duration < 1.2
+
+
+@pytest.mark.parametrize("stdin_probe", ["read x; echo got:$x"])
+def test_stdin_is_empty(stdin_probe):
+    r = run_hook(stdin_probe, timeout=5)
+    assert r.stdout == "got:\n"
