@@ -1,0 +1,193 @@
+"""The Flask application: local routes, the model-routed proxy, and error answers.
+
+Usage::
+
+    gunicorn -c gunicorn.conf.py 'llmux.app:create_app("conf/demo.yaml")'
+
+``create_app`` must run in the gunicorn worker, after gevent patched the
+standard library (``preload_app`` stays off): the switcher's lock is built here.
+
+A routed request goes through the checks of SPEC §6 in order (path, API key,
+content type, size, JSON, ``model``, configured model), then waits for its
+model (``Switcher.acquire``), is forwarded, and holds its ticket until the last
+byte is sent or the client leaves. Every :class:`~llmux.errors.LlmuxError` is
+turned into the OpenAI error envelope in :func:`error_response`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import os
+
+from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from . import inbound
+from .config import Config, load_config
+from .errors import LlmuxError, ModelNotFound, NotFound, Unauthorized
+from .events import LogObserver
+from .hooks import HookRunner
+from .proxy import Upstream, filter_headers
+from .switcher import Switcher, SwitchSettings
+
+log = logging.getLogger("llmux.app")
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Never forwarded: framing is redone by both ends; Expect is answered by gunicorn.
+REQUEST_DROP = frozenset({"host", "content-length", "expect"})
+
+
+class Gateway:
+    """Everything one llmux instance holds: config, switcher, upstream pool."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.hooks = HookRunner(config)
+        self.switcher = Switcher(
+            list(config.models),
+            self.hooks,
+            SwitchSettings.from_policy(config.policy),
+            observer=LogObserver(),
+        )
+        self.upstream = Upstream(config.proxy)
+        self.registry = CollectorRegistry()
+        self._keys = [k.encode() for k in config.api_keys]
+
+    def authorize(self, header: str | None) -> None:
+        if not self._keys:
+            return
+        scheme, _, token = (header or "").partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # compare with every key, always, so timing says nothing about which matched
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise Unauthorized("missing or invalid API key")
+
+    def shutdown(self) -> None:
+        """Stop admitting requests; queued ones get 503 ``shutting_down``."""
+        log.info("shutting down: queued requests are refused", extra={"event": "shutting_down"})
+        self.switcher.close()
+
+    def model_entry(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "llmux"}
+
+    def forward(self, environ: dict, headers, path: str, body: bytes, model: str) -> Response:
+        ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
+        try:
+            drop = REQUEST_DROP | ({"authorization"} if self._keys else frozenset())
+            reply = self.upstream.send(
+                environ["REQUEST_METHOD"],
+                self.config.models[model].port,
+                path,
+                environ.get("QUERY_STRING", ""),
+                filter_headers(headers, drop=drop),
+                body,
+                model=model,
+            )
+        except BaseException:
+            ticket.release()
+            raise
+
+        def relay():
+            try:
+                yield b""  # makes gunicorn send the headers now, before the first token
+                yield from reply.chunks()
+            finally:  # end of body, upstream failure, or client gone (GeneratorExit)
+                reply.close()
+                ticket.release()
+
+        response = Response(relay(), status=reply.status, direct_passthrough=True)
+        response.headers.clear()
+        for name, value in reply.headers:
+            response.headers.add(name, value)
+        if response.mimetype == "text/event-stream":
+            response.headers["X-Accel-Buffering"] = "no"
+        return response
+
+
+def error_response(error: LlmuxError) -> Response:
+    response = Response(
+        _json(error.envelope()), status=error.status, content_type="application/json"
+    )
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(0, math.ceil(error.retry_after)))
+    return response
+
+
+def _json(data) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def create_app(config_path: str | None = None, *, port: int | None = None) -> Flask:
+    """Build the app for one config file (default: ``$LLMUX_CONFIG``, then ``config.yaml``)."""
+    path = config_path or os.environ.get("LLMUX_CONFIG") or "config.yaml"
+    gateway = Gateway(load_config(path, port=port))
+    app = Flask("llmux")
+    app.extensions["llmux"] = gateway
+    app.url_map.merge_slashes = False  # never redirect: an odd path is simply not routed
+    app.url_map.strict_slashes = False
+
+    @app.get("/health")
+    def health():
+        return Response('{"status":"ok"}', content_type="application/json")
+
+    @app.get("/v1/models")
+    def list_models():
+        data = [gateway.model_entry(n) for n in sorted(gateway.config.models)]
+        return Response(_json({"object": "list", "data": data}), content_type="application/json")
+
+    @app.get("/v1/models/<path:model_id>")
+    def get_model(model_id):
+        if model_id not in gateway.config.models:
+            raise ModelNotFound(model_id)
+        return Response(_json(gateway.model_entry(model_id)), content_type="application/json")
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(generate_latest(gateway.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.route("/", methods=ALL_METHODS)
+    @app.route("/<path:_any>", methods=ALL_METHODS)
+    def routed(_any=""):
+        environ = request.environ
+        path = inbound.routed_path(environ, gateway.config.proxy.extra_paths)
+        gateway.authorize(request.headers.get("Authorization"))
+        if request.method == "POST":
+            inbound.require_json(environ)
+        body = inbound.read_body(environ, gateway.config.proxy.max_body_bytes)
+        model = inbound.model_of(body)
+        if model not in gateway.config.models:
+            raise ModelNotFound(model)
+        return gateway.forward(environ, request.headers.items(), path, body, model)
+
+    @app.errorhandler(LlmuxError)
+    def llmux_error(error: LlmuxError):
+        inbound.stop_reading(request.environ)
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if error.code == 404:
+            return error_response(NotFound(f"no route for {request.path[:128]}"))
+        return error_response(_http_error(error))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unexpected error", extra={"event": "internal_error"})
+        return error_response(LlmuxError("internal error in llmux; see its log"))
+
+    return app
+
+
+def _http_error(error: HTTPException) -> LlmuxError:
+    """Werkzeug's own errors (405 on a local route, say) in llmux's envelope."""
+    translated = LlmuxError(error.description or error.name)
+    translated.status = error.code or 500
+    translated.code = (error.name or "error").lower().replace(" ", "_")
+    return translated

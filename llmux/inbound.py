@@ -1,0 +1,155 @@
+"""Checking what a client sent before anything is forwarded or switched.
+
+Usage::
+
+    path = routed_path(environ, extra_paths)          # NotFound unless allowlisted
+    require_json(environ)                             # UnsupportedMediaType
+    body = read_body(environ, limit)                  # RequestTooLarge, InvalidBody
+    model = model_of(body)                            # InvalidBody, InvalidModel
+
+Every check raises an :class:`~llmux.errors.LlmuxError`; none touches the switcher.
+Paths are matched on the raw request target, so encoded or dotted variants of an
+allowed path (``/v1/%2e%2e/slots``, ``//v1/...``) are never routed anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+from .errors import (
+    InvalidBody,
+    InvalidModel,
+    NotFound,
+    RequestTooLarge,
+    UnsupportedMediaType,
+    clip,
+)
+
+ROUTED_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/rerank",
+    "/v1/score",
+    "/v1/audio",
+    "/v1/images",
+    "/tokenize",
+    "/detokenize",
+)
+_CANONICAL = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+")
+_JSON_TYPE = re.compile(r"application/(json|[^/;\s]+\+json)\s*(;.*)?", re.IGNORECASE)
+READ_BYTES = 64 * 1024
+
+
+def routed_path(environ: dict, extra_paths: Iterable[str] = ()) -> str:
+    """The canonical path of a request for a routed endpoint, or :class:`NotFound`."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+    if "://" in raw.split("?", 1)[0]:  # absolute-form target: keep only its path
+        raw = urlsplit(raw).path or "/"
+    path = raw.split("?", 1)[0]
+    if _CANONICAL.fullmatch(path) and not any(seg in (".", "..") for seg in path.split("/")):
+        for prefix in (*ROUTED_PATHS, *extra_paths):
+            if path == prefix or path.startswith(prefix + "/"):
+                return path
+    raise NotFound(f"no route for {clip(path)}")
+
+
+def require_json(environ: dict) -> None:
+    content_type = environ.get("CONTENT_TYPE", "")
+    if not _JSON_TYPE.fullmatch(content_type.strip()):
+        shown = f"'{clip(content_type)}'" if content_type else "none"
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {shown}")
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (413).
+
+    A declared ``Content-Length`` over the limit is refused before reading
+    anything; a chunked body is counted while it is read.
+    """
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise InvalidBody("invalid Content-Length") from None
+        if length > limit:
+            environ["llmux.body_unread"] = True
+            raise RequestTooLarge(f"request body of {length} bytes exceeds {limit} bytes")
+    stream = environ["wsgi.input"]
+    parts, size = [], 0
+    while True:
+        part = stream.read(min(READ_BYTES, limit + 1 - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            environ["llmux.body_unread"] = True
+            raise RequestTooLarge(f"request body exceeds {limit} bytes")
+    return b"".join(parts)
+
+
+def model_of(body: bytes) -> str:
+    """The ``model`` of a JSON object body (exact string, no trimming or folding)."""
+    if not body:
+        raise InvalidBody("request body is empty; expected a JSON object")
+    last_pairs: list = []
+
+    def keep_pairs(pairs):
+        last_pairs[:] = pairs  # the top-level object is decoded last
+        return dict(pairs)
+
+    try:
+        data = json.loads(body, object_pairs_hook=keep_pairs)
+    except UnicodeDecodeError:
+        raise InvalidBody("request body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidBody(f"request body is not valid JSON: {clip(str(exc), 80)}") from None
+    if not isinstance(data, dict):
+        raise InvalidBody(f"request body must be a JSON object, got {type(data).__name__}")
+    if sum(1 for key, _ in last_pairs if key == "model") > 1:
+        raise InvalidBody("request body has more than one 'model' key")
+    if "model" not in data:
+        raise InvalidModel("request body has no 'model'")
+    model = data["model"]
+    if not isinstance(model, str) or not model:
+        raise InvalidModel(f"'model' must be a non-empty string, got {clip(json.dumps(model))}")
+    return model
+
+
+def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
+    """A check that the client closed its connection while we made it wait.
+
+    An HTTP/1.1 client sends nothing while it waits for its response, so a
+    readable socket that yields no byte means it hung up.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+def stop_reading(environ: dict) -> None:
+    """Refuse the rest of a body we will not read, so keep-alive does not drain it."""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None and environ.get("llmux.body_unread"):
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass

@@ -1,0 +1,198 @@
+"""Forwarding one request to a backend on loopback and streaming its answer back.
+
+Usage::
+
+    upstream = Upstream(config.proxy)
+    reply = upstream.send("POST", 8001, "/v1/chat/completions", "", headers, body)
+    # reply.status, reply.headers: ready to send; reply.chunks(): raw body bytes
+    ...
+    reply.close()
+
+Transport only: which backend and whether the request may go there is the
+caller's business. ``requests``/``urllib3`` errors are translated here, once:
+before response headers they become :class:`~llmux.errors.BadGateway` or
+:class:`~llmux.errors.GatewayTimeout`; after them, :class:`UpstreamAborted`.
+
+The body is read with ``raw.read1(..., decode_content=False)``: the bytes pass
+through untouched (gzip stays gzip) and each chunk is handed on as soon as it
+arrives. ``iter_content`` would hold back a close-delimited body until the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.cookiejar
+import logging
+from collections.abc import Iterable, Iterator
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from .errors import BadGateway, GatewayTimeout
+
+log = logging.getLogger("llmux.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+CHUNK_BYTES = 64 * 1024
+# Enough pooled connections per backend for hundreds of concurrent streams.
+POOL_MAXSIZE = 1024
+
+
+class UpstreamAborted(ConnectionResetError):
+    """The backend failed after the response headers went out.
+
+    An ``OSError`` with ``ECONNRESET`` on purpose: gunicorn then closes the
+    client's connection without the final chunk, quietly, so the client sees a
+    cut stream and never a fake clean end.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(errno.ECONNRESET, f"backend failed mid-response: {reason}")
+
+
+def filter_headers(
+    headers: Iterable[tuple[str, str]], drop: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """Drop hop-by-hop headers, those named in ``Connection``, and ``drop``."""
+    headers = list(headers)
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [
+        (name, value)
+        for name, value in headers
+        if (low := name.lower()) not in HOP_BY_HOP and low not in listed and low not in drop
+    ]
+
+
+class Reply:
+    """A backend's response whose headers have arrived; the body is still to read."""
+
+    def __init__(self, response: requests.Response, idle_timeout: float):
+        self._response = response
+        self.status = response.status_code
+        self.headers = filter_headers(
+            response.raw.headers.items(), drop=frozenset({"content-length"})
+        )
+        _set_read_timeout(response, idle_timeout)
+
+    def chunks(self) -> Iterator[bytes]:
+        """Raw body bytes as they arrive; raises :class:`UpstreamAborted` on failure."""
+        raw = self._response.raw
+        while True:
+            try:
+                chunk = raw.read1(CHUNK_BYTES, decode_content=False)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise UpstreamAborted(_reason(exc)) from None
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        """Release the connection; one not read to the end is closed, not pooled."""
+        self._response.close()
+
+
+class Upstream:
+    """One pooled HTTP client for all backends (they are all on 127.0.0.1)."""
+
+    def __init__(self, proxy_config):
+        self.settings = proxy_config
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+        session.mount("http://", adapter)
+        session.trust_env = False  # HTTP_PROXY & co. must never redirect backend traffic
+        session.headers.clear()  # send the client's headers, not requests' defaults
+        # One jar for all clients would hand one client's cookies to the next.
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self._session = session
+
+    def send(
+        self,
+        method: str,
+        port: int,
+        path: str,
+        query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        model: str,
+    ) -> Reply:
+        url = f"http://127.0.0.1:{port}{path}"
+        if query:
+            url = f"{url}?{query}"
+        s = self.settings
+        try:
+            response = self._session.request(
+                method,
+                url,
+                headers=dict(headers),
+                data=body,
+                stream=True,
+                allow_redirects=False,
+                timeout=(s.connect_timeout, s.header_timeout),
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise BadGateway(
+                f"the backend of model '{model}' did not accept a connection"
+            ) from None
+        except requests.exceptions.ReadTimeout:
+            raise GatewayTimeout(
+                f"the backend of model '{model}' sent no response headers "
+                f"within {s.header_timeout:g}s"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            log.info("backend on port %d failed: %r", port, exc)
+            raise BadGateway(f"the backend of model '{model}' failed: {_reason(exc)}") from None
+        return Reply(response, s.idle_timeout)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    """From now on, ``seconds`` is the longest silence allowed between two chunks."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.settimeout(seconds)
+        except OSError:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause, without urllib3's pool and object addresses."""
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if inner is None and len(exc.args) > 1 and isinstance(exc.args[1], BaseException):
+            inner = exc.args[1]
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    name = type(exc).__name__
+    return {"RemoteDisconnected": "closed the connection without a response"}.get(name, name)
