@@ -24,6 +24,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -246,6 +247,8 @@ class HookRunner:
         env = dict(os.environ)
         env.update(spec.env)
         env.update(LLMUX_MODEL=model, LLMUX_PORT=str(spec.port), LLMUX_HOOK=kind)
+        # lets a hook run llmux's own tools (the demo's fake backend) from any venv
+        env.setdefault("LLMUX_PYTHON", sys.executable)
         return run_hook(
             spec.hook(kind),
             hook=kind,
