@@ -1,0 +1,201 @@
+"""Real llmux processes for end-to-end tests.
+
+``llmux_factory(models=..., policy=...)`` writes a config into the test's
+temporary directory, starts ``llmux serve`` on a free loopback port, waits for
+``/health``, and returns a :class:`Llmux` handle. At teardown it sends SIGTERM,
+waits for the exit, stops every backend the hooks started (by pidfile) and
+checks that none is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+HOOK = Path(__file__).parent / "hooks" / "hook.sh"
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+class Llmux:
+    def __init__(self, directory: Path, config: dict, extra_args=(), env=None):
+        self.dir = directory
+        self.port = config["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = directory / "llmux.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        (directory / "faults").mkdir(exist_ok=True)
+        self.stderr_path = directory / "llmux.log"
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives as long as llmux
+        full_env = dict(os.environ, LLMUX_TEST_DIR=str(directory), **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmux", "serve", "-c", str(self.config_path), *extra_args],
+            stdout=self._stderr,
+            stderr=self._stderr,
+            env=full_env,
+            cwd=directory,
+        )
+        self.session = requests.Session()
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"llmux exited early:\n{self.log_text()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"llmux did not become healthy:\n{self.log_text()}")
+
+    # --- talking to it ---
+
+    def post(self, path="/v1/chat/completions", body=None, **kw):
+        kw.setdefault("timeout", 30)
+        return self.session.post(self.url + path, json=body, **kw)
+
+    def chat(self, model, **extra):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+        return self.post(body=body)
+
+    # --- what happened ---
+
+    def events(self) -> list[tuple[float, str, str, str, str]]:
+        """Hook events: (time, start|end, kind, model, rc)."""
+        path = self.dir / "events.log"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            parts = line.split() + [""]
+            rows.append((float(parts[0]), parts[1], parts[2], parts[3], parts[4]))
+        return rows
+
+    def hook_runs(self, kind=None, model=None) -> list[tuple[str, str]]:
+        return [
+            (k, m)
+            for _, phase, k, m, _ in self.events()
+            if phase == "start" and k != "alive" and kind in (None, k) and model in (None, m)
+        ]
+
+    def fault(self, kind: str, model: str, snippet: str | None) -> None:
+        path = self.dir / "faults" / f"{kind}-{model}"
+        if snippet is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(snippet + "\n")
+
+    def log_text(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+
+    def backend_pids(self) -> list[int]:
+        run = self.dir / "run"
+        return [int(p.read_text()) for p in run.glob("*.pid")] if run.exists() else []
+
+    # --- stopping ---
+
+    def terminate(self, timeout=15.0) -> int:
+        self.session.close()  # an idle keep-alive connection would hold the shutdown
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        self.terminate()
+        pids = self.backend_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(process_alive(p) for p in pids), "a backend survived the test"
+
+
+def model_entry(port: int, **env) -> dict:
+    entry = {
+        "port": port,
+        "wake": f"{HOOK} wake",
+        "sleep": f"{HOOK} sleep",
+        "alive": f"{HOOK} alive",
+    }
+    if env:
+        entry["env"] = {k: str(v) for k, v in env.items()}
+    return entry
+
+
+@pytest.fixture
+def llmux_factory(tmp_path):
+    started: list[Llmux] = []
+
+    def start(models=("a", "b", "c"), *, model_env=None, extra_args=(), env=None, **sections):
+        config = {
+            "port": free_port(),
+            "models": {name: model_entry(free_port(), **(model_env or {})) for name in models},
+            "hooks": {
+                "wake_timeout": 10,
+                "sleep_timeout": 10,
+                "alive_timeout": 2,
+                "ready_timeout": 10,
+                "kill_grace": 1,
+            },
+            "policy": {"failure_backoff_secs": 0.2},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+        directory = tmp_path / f"llmux{len(started)}"
+        directory.mkdir()
+        server = Llmux(directory, config, extra_args, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.cleanup()
+
+
+@pytest.fixture
+def llmux(llmux_factory):
+    return llmux_factory()

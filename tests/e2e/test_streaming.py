@@ -1,0 +1,146 @@
+"""Streaming through llmux: timing, raw bytes, cut streams and clients that leave."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import time
+
+import psutil
+import pytest
+import requests
+from openai import OpenAI
+
+pytestmark = pytest.mark.e2e
+
+
+def test_openai_client_streams_chunks_as_the_backend_sends_them(llmux_factory):
+    server = llmux_factory(model_env={"FAKE_ARGS": "--tokens-per-sec 20"})
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    assert client.chat.completions.create(model="a", messages=[]).choices[0].message.content
+    stream = client.chat.completions.create(
+        model="a", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=12
+    )
+    arrivals = []
+    text = ""
+    for chunk in stream:
+        extra = chunk.model_extra or {}
+        arrivals.append((time.time(), extra["x_sent_at"]))
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        assert chunk.object == "chat.completion.chunk" and extra["x_served_by"] == "a"
+    assert len(arrivals) == 13 and text.startswith("the quick brown")
+    delays = [got - sent for got, sent in arrivals]
+    assert max(delays) < 0.1, f"chunks were held back: {delays}"
+    # 20 tokens/s: the stream is spread over ~0.6 s, not delivered in one block at the end
+    assert arrivals[-1][0] - arrivals[0][0] > 0.45
+
+
+def test_sse_headers(llmux):
+    r = llmux.chat("a", stream=True)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "text/event-stream"
+    assert r.headers["X-Accel-Buffering"] == "no"
+    assert r.headers.get("Transfer-Encoding") == "chunked"
+    assert r.text.rstrip().endswith("data: [DONE]")
+
+
+def test_gzip_bytes_pass_through_with_their_header(llmux):
+    r = llmux.session.post(
+        llmux.url + "/v1/chat/completions",
+        json={"model": "a", "messages": [], "fake": {"gzip": True}},
+        headers={"Accept-Encoding": "gzip"},
+        stream=True,
+    )
+    assert r.headers["Content-Encoding"] == "gzip"
+    raw = r.raw.read(decode_content=False)
+    assert raw[:2] == b"\x1f\x8b"
+    assert json.loads(gzip.decompress(raw))["x_served_by"] == "a"
+
+
+def test_redirects_are_passed_back_not_followed(llmux):
+    r = llmux.session.post(
+        llmux.url + "/v1/chat/completions",
+        json={"model": "a", "fake": {"redirect": "http://127.0.0.1:9/elsewhere"}},
+        allow_redirects=False,
+    )
+    assert r.status_code == 302 and r.headers["Location"] == "http://127.0.0.1:9/elsewhere"
+
+
+def test_backend_errors_pass_through_untouched(llmux):
+    r = llmux.chat("a", fake={"status": 422})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == "fake failure" and r.json()["x_served_by"] == "a"
+
+
+def read_raw_stream(port, body: dict, *, limit_secs=10.0) -> bytes:
+    """Everything the client gets on the socket, until llmux closes it."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=limit_secs)
+    try:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("fault", [{"abort_after": 3}, {"exit_after": 3}])
+def test_a_backend_failure_mid_stream_cuts_the_client_stream(llmux, fault):
+    data = read_raw_stream(llmux.port, {"model": "a", "stream": True, "fake": fault})
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b'"x_seq": 2' in data
+    assert b"[DONE]" not in data, "llmux invented a clean end"
+    assert not data.endswith(b"0\r\n\r\n"), "llmux sent the final chunk of a broken stream"
+    llmux.fault("alive", "a", None)
+    # and llmux is fine afterwards
+    assert llmux.chat("b").status_code == 200
+
+
+def worker_connections_to(server, port) -> list:
+    master = psutil.Process(server.proc.pid)
+    conns = []
+    for worker in master.children():
+        conns += [
+            c
+            for c in worker.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        ]
+    return conns
+
+
+def test_a_client_leaving_mid_stream_releases_its_ticket_and_the_upstream(llmux_factory):
+    server = llmux_factory(model_env={"FAKE_ARGS": "--tokens-per-sec 10 --tokens 200"})
+    backend_port = yaml_port(server, "a")
+    r = requests.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "a", "stream": True},
+        stream=True,
+        timeout=30,
+    )
+    lines = r.iter_lines()
+    got = [next(lines) for _ in range(3)]
+    assert got[0].startswith(b"data: ")
+    assert worker_connections_to(server, backend_port)
+    r.close()  # the client goes away; the stream had ~20 s left
+    started = time.monotonic()
+    # a switch needs a's in-flight count back at 0: it would wait ~20 s otherwise
+    assert server.chat("b", max_tokens=1).status_code == 200
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 5
+    while worker_connections_to(server, backend_port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not worker_connections_to(server, backend_port), "upstream left open"
+
+
+def yaml_port(server, model) -> int:
+    import yaml
+
+    return yaml.safe_load(server.config_path.read_text())["models"][model]["port"]
