@@ -139,16 +139,34 @@ class Llmux:
 
     def cleanup(self) -> None:
         self.terminate()
-        pids = self.backend_pids()
-        for pid in pids:
+        for pid in self.backend_pids():  # the awake model is left running, by design
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 5
-        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        while self.survivors() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not any(process_alive(p) for p in pids), "a backend survived the test"
+        survivors = self.survivors()
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+        assert not survivors, f"processes of this test outlived it: {survivors}"
+
+    def survivors(self) -> list[int]:
+        """Live processes started for this test: they all inherit LLMUX_TEST_DIR."""
+        marker = f"LLMUX_TEST_DIR={self.dir}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    env = fh.read().split(b"\0")
+            except OSError:
+                continue
+            if marker in env and process_alive(int(entry)):
+                found.append(int(entry))
+        return found
 
 
 def model_entry(port: int, **env) -> dict:
