@@ -23,22 +23,25 @@ import math
 import os
 
 from flask import Flask, Response, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import exposition
 from werkzeug.exceptions import HTTPException
 
-from . import inbound
+from . import inbound, logs
 from .config import Config, load_config
 from .errors import LlmuxError, ModelNotFound, NotFound, Unauthorized
-from .events import LogObserver
+from .events import LogObserver, Observers
+from .exchange import Exchange, request_id_from
 from .hooks import HookRunner
-from .proxy import Upstream, filter_headers
+from .proxy import Upstream, UpstreamAborted, filter_headers
 from .switcher import Switcher, SwitchSettings
+from .telemetry import Metrics
 
 log = logging.getLogger("llmux.app")
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-# Never forwarded: framing is redone by both ends; Expect is answered by gunicorn.
-REQUEST_DROP = frozenset({"host", "content-length", "expect"})
+# Never forwarded: framing is redone by both ends; Expect is answered by gunicorn;
+# the request id is llmux's own (sanitised) one.
+REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id"})
 
 
 class Gateway:
@@ -47,14 +50,14 @@ class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.hooks = HookRunner(config)
+        self.metrics = Metrics(config.models)
         self.switcher = Switcher(
             list(config.models),
             self.hooks,
             SwitchSettings.from_policy(config.policy),
-            observer=LogObserver(),
+            observer=Observers(LogObserver(), self.metrics),
         )
         self.upstream = Upstream(config.proxy)
-        self.registry = CollectorRegistry()
         self._keys = [k.encode() for k in config.api_keys]
 
     def authorize(self, header: str | None) -> None:
@@ -77,16 +80,20 @@ class Gateway:
     def model_entry(self, name: str) -> dict:
         return {"id": name, "object": "model", "created": 0, "owned_by": "llmux"}
 
-    def forward(self, environ: dict, headers, path: str, body: bytes, model: str) -> Response:
+    def forward(self, exchange: Exchange, environ: dict, headers, body: bytes) -> Response:
+        model = exchange.model
         ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
+        exchange.waited = ticket.waited
         try:
             drop = REQUEST_DROP | ({"authorization"} if self._keys else frozenset())
+            forwarded = filter_headers(headers, drop=drop)
+            forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
             reply = self.upstream.send(
                 environ["REQUEST_METHOD"],
                 self.config.models[model].port,
-                path,
+                exchange.path,
                 environ.get("QUERY_STRING", ""),
-                filter_headers(headers, drop=drop),
+                forwarded,
                 body,
                 model=model,
             )
@@ -95,12 +102,19 @@ class Gateway:
             raise
 
         def relay():
+            outcome = "client_closed"  # unless the body ends or the upstream fails
             try:
                 yield b""  # makes gunicorn send the headers now, before the first token
+                exchange.headers_sent()
                 yield from reply.chunks()
+                outcome = "completed"
+            except UpstreamAborted:
+                outcome = "upstream_aborted"
+                raise
             finally:  # end of body, upstream failure, or client gone (GeneratorExit)
                 reply.close()
                 ticket.release()
+                exchange.finish(reply.status, outcome)
 
         response = Response(relay(), status=reply.status, direct_passthrough=True)
         response.headers.clear()
@@ -150,13 +164,27 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
 
     @app.get("/metrics")
     def metrics():
-        return Response(generate_latest(gateway.registry), content_type=CONTENT_TYPE_LATEST)
+        # text format, or OpenMetrics when the scraper asks for it
+        encoder, content_type = exposition.choose_encoder(request.headers.get("Accept"))
+        return Response(encoder(gateway.metrics.registry), content_type=content_type)
+
+    @app.before_request
+    def tag_request():
+        logs.request_id.set(request_id_from(request.headers.get("X-Request-Id")))
+
+    @app.after_request
+    def return_request_id(response):
+        response.headers["X-Request-Id"] = logs.request_id.get() or ""
+        return response
 
     @app.route("/", methods=ALL_METHODS)
     @app.route("/<path:_any>", methods=ALL_METHODS)
     def routed(_any=""):
         environ = request.environ
         path = inbound.routed_path(environ, gateway.config.proxy.extra_paths)
+        exchange = environ["llmux.exchange"] = Exchange(
+            gateway.metrics, method=request.method, path=path
+        )
         gateway.authorize(request.headers.get("Authorization"))
         if request.method == "POST":
             inbound.require_json(environ)
@@ -164,11 +192,17 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         model = inbound.model_of(body)
         if model not in gateway.config.models:
             raise ModelNotFound(model)
-        return gateway.forward(environ, request.headers.items(), path, body, model)
+        exchange.model = model
+        return gateway.forward(exchange, environ, request.headers.items(), body)
 
     @app.errorhandler(LlmuxError)
     def llmux_error(error: LlmuxError):
         inbound.stop_reading(request.environ)
+        exchange = request.environ.get("llmux.exchange")
+        if exchange is not None:
+            exchange.finish(
+                error.status, "client_closed" if error.status == 499 else "error", error.code
+            )
         return error_response(error)
 
     @app.errorhandler(HTTPException)
@@ -180,7 +214,7 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("unexpected error", extra={"event": "internal_error"})
-        return error_response(LlmuxError("internal error in llmux; see its log"))
+        return llmux_error(LlmuxError("internal error in llmux; see its log"))
 
     return app
 

@@ -20,11 +20,13 @@ log = logging.getLogger("llmux.switcher")
 
 
 class Observer:
-    def request_queued(self, model: str, depth: int) -> None: ...
+    def request_queued(self, model: str) -> None: ...
 
     def request_admitted(self, model: str, waited: float, queued: bool) -> None: ...
 
-    def request_left_queue(self, model: str, reason: str, waited: float, depth: int) -> None: ...
+    def request_left_queue(self, model: str, reason: str, waited: float) -> None: ...
+
+    def queue_depth_changed(self, model: str, depth: int) -> None: ...
 
     def request_timeout(self, model: str, timeout_secs: float) -> None: ...
 
@@ -34,9 +36,13 @@ class Observer:
 
     def switch_started(self, from_model: str | None, to_model: str) -> None: ...
 
+    def drain_started(self, from_model: str, to_model: str, in_flight: int) -> None: ...
+
     def drain_finished(
         self, from_model: str, to_model: str, seconds: float, completed: bool
     ) -> None: ...
+
+    def alive_probe_failed(self, model: str, result: HookResult) -> None: ...
 
     def hook_finished(self, model: str, result: HookResult) -> None: ...
 
@@ -78,9 +84,29 @@ for _name in [n for n in vars(Observer) if not n.startswith("_")]:
 
 
 class LogObserver(Observer):
-    """Writes the switch and hook events of SPEC §7 as structured log records."""
+    """Writes the switch and hook events of SPEC §7 as structured log records.
 
-    def request_left_queue(self, model, reason, waited, depth):
+    Records about a request carry its ``request_id`` through the logging filter
+    of :mod:`llmux.logs`, since they are logged in that request's greenlet.
+    """
+
+    def request_queued(self, model):
+        log.info(
+            "request for %s queued",
+            model,
+            extra={"event": "request_queued", "model": model},
+        )
+
+    def request_admitted(self, model, waited, queued):
+        if queued:  # a request admitted at once shows in request_finished alone
+            log.info(
+                "request for %s admitted after %.3fs",
+                model,
+                waited,
+                extra={"event": "request_admitted", "model": model, "wait_secs": round(waited, 6)},
+            )
+
+    def request_left_queue(self, model, reason, waited):
         log.info(
             "request left the queue of %s: %s",
             model,
@@ -107,6 +133,32 @@ class LogObserver(Observer):
             from_model or IDLE,
             to_model,
             extra={"event": "switch_started", "from": from_model or IDLE, "to": to_model},
+        )
+
+    def drain_started(self, from_model, to_model, in_flight):
+        log.info(
+            "draining %s: %d requests in flight",
+            from_model,
+            in_flight,
+            extra={
+                "event": "drain_started",
+                "model": from_model,
+                "to": to_model,
+                "in_flight": in_flight,
+            },
+        )
+
+    def alive_probe_failed(self, model, result):
+        log.debug(
+            "alive probe of %s failed: %s",
+            model,
+            result.describe(),
+            extra={
+                "event": "alive_probe_failed",
+                "model": model,
+                "exit_code": result.returncode,
+                "timed_out": result.timed_out,
+            },
         )
 
     def drain_finished(self, from_model, to_model, seconds, completed):

@@ -4,14 +4,49 @@ Usage, in ``gunicorn.conf.py``::
 
     logconfig_dict = logging_config("json")     # or "text"
 
-JSON lines go to stderr, one object per record, with ``timestamp``, ``level``,
-``logger``, ``message`` and, for llmux's events, ``event`` plus its fields.
+JSON lines go to stderr, one object per record, with ``timestamp`` (ISO 8601,
+UTC), ``level``, ``logger``, ``message`` and, for llmux's events, ``event`` plus
+its fields. Every record logged while a request is handled carries its
+``request_id``. Untrusted text cannot forge lines: JSON escapes control
+characters, and the text format escapes them in messages.
+
 Imports nothing heavy: gunicorn's master reads this before gevent patches.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import re
+
 FORMATS = ("json", "text")
+
+# Set per request by the app; gevent gives each greenlet its own context.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to records logged on behalf of a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for people; control characters in messages are escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        line = super().formatMessage(record)
+        line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+        event = getattr(record, "event", None)
+        rid = getattr(record, "request_id", None)
+        tags = " ".join(f"{k}={v}" for k, v in (("event", event), ("request_id", rid)) if v)
+        return f"{line} [{tags}]" if tags else line
 
 
 def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
@@ -20,27 +55,34 @@ def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
     formatters = {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            "rename_fields": {"asctime": "timestamp", "levelname": "level", "name": "logger"},
-            "datefmt": "%Y-%m-%dT%H:%M:%S%z",
-            "json_ensure_ascii": True,  # a newline or control byte stays escaped: one line
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,
+            "json_ensure_ascii": True,
         },
         "text": {
-            "format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            "()": "llmux.logs.TextFormatter",
+            "fmt": "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
             "datefmt": "%Y-%m-%d %H:%M:%S",
         },
     }
-    handler = {"class": "logging.StreamHandler", "formatter": fmt, "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": fmt,
+        "stream": "ext://sys.stderr",
+        "filters": ["request_id"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "llmux.logs.RequestIdFilter"}},
         "formatters": {fmt: formatters[fmt]},
         "handlers": {"stderr": handler},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-            # urllib3 says "Connection pool is full" and retries at WARNING: ours to report
+            # urllib3 reports pool details at WARNING; llmux reports what matters
             "urllib3": {"level": "ERROR"},
         },
     }

@@ -191,7 +191,8 @@ class Switcher:
             now = self.clock()
             waiter = _Waiter(model, now)
             m.waiters.append(waiter)
-            self.observer.request_queued(model, len(m.waiters))
+            self.observer.request_queued(model)
+            self.observer.queue_depth_changed(model, len(m.waiters))
             deadline = None if timeout is None else now + timeout
             try:
                 return self._wait(m, waiter, deadline, timeout, cancelled)
@@ -229,9 +230,8 @@ class Switcher:
     def _leave_queue(self, m: _Model, waiter: _Waiter, reason: str) -> None:
         if waiter in m.waiters:
             m.waiters.remove(waiter)
-            self.observer.request_left_queue(
-                m.name, reason, self.clock() - waiter.since, len(m.waiters)
-            )
+            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
+            self.observer.queue_depth_changed(m.name, len(m.waiters))
 
     def _abandon(self, m: _Model, waiter: _Waiter) -> None:
         """The waiting request is gone (cancelled greenlet, error): undo what it holds."""
@@ -293,6 +293,7 @@ class Switcher:
         waiters, m.waiters = m.waiters, []
         for waiter in waiters:
             waiter.granted = True
+        self.observer.queue_depth_changed(m.name, 0)
         self._add_in_flight(m, len(waiters))
         self._cond.notify_all()
 
@@ -300,7 +301,9 @@ class Switcher:
         waiters, m.waiters = m.waiters, []
         for waiter in waiters:
             waiter.error = error
-            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since, 0)
+            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
+        if waiters:
+            self.observer.queue_depth_changed(m.name, 0)
         self._cond.notify_all()
 
     def _set_state(self, m: _Model, state: str) -> None:
@@ -329,6 +332,8 @@ class Switcher:
                 self._set_state(self._models[source], DRAINING)
         if source is not None:
             t0 = self.clock()
+            with self._cond:
+                self.observer.drain_started(source, target, self._models[source].in_flight)
             drained = self._drain(source)
             phases["drain"] = self.clock() - t0
             self.observer.drain_finished(source, target, phases["drain"], drained)
@@ -458,6 +463,8 @@ class Switcher:
             result = self.hooks.run(model, "alive")
             if result.ok or self.clock() >= deadline:
                 break
+            with self._cond:
+                self.observer.alive_probe_failed(model, result)
             time.sleep(min(interval, max(deadline - self.clock(), 0)))
             interval = min(interval * 1.5, ALIVE_MAX_INTERVAL)
         result = dataclasses.replace(result, duration=self.clock() - start)

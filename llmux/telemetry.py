@@ -1,0 +1,177 @@
+"""Prometheus metrics, on a registry private to each app.
+
+Usage::
+
+    metrics = Metrics(config.models)
+    switcher = Switcher(..., observer=Observers(LogObserver(), metrics))
+    metrics.request_finished("llama", 200, seconds=1.2)
+    generate_latest(metrics.registry)
+
+The twelve metrics of SPEC §7 keep exactly their names, types and labels; the
+rest (time to response headers, model state, hook timeouts, build and process
+information) are what an operator would otherwise miss. Label values come only
+from the config (plus ``idle`` for a cold start), never from a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from . import __version__
+from .events import Observer
+from .hooks import HookResult
+from .policy import IDLE
+
+# 1 ms to 30 min: a request's first byte and a cold start of a large model alike
+BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, float("inf"),
+)  # fmt: skip
+STATES = ("asleep", "waking", "awake", "draining", "sleeping", "failed")
+
+
+class Metrics(Observer):
+    def __init__(self, models: Iterable[str]):
+        r = self.registry = CollectorRegistry()
+        self.models = set(models)
+
+        def histogram(name, doc, labels):
+            return Histogram(name, doc, labels, buckets=BUCKETS, registry=r)
+
+        self.switch_total = Counter(
+            "llmux_switch_total", "Switches between models, by outcome",
+            ["from", "to", "result"], registry=r,
+        )  # fmt: skip
+        self.switch_duration = histogram(
+            "llmux_switch_duration_seconds",
+            "Successful switches, from the start of the drain (or wake) to awake",
+            ["from", "to"],
+        )
+        self.drain_duration = histogram(
+            "llmux_switch_drain_duration_seconds",
+            "Time spent waiting for the old model's requests to finish",
+            ["from", "to"],
+        )
+        self.active_duration = histogram(
+            "llmux_model_active_duration_seconds",
+            "How long a model stayed awake, observed when it was put to sleep",
+            ["model"],
+        )
+        self.switch_cost = Gauge(
+            "llmux_switch_cost_ema_seconds",
+            "Moving average (alpha 0.3) of switch durations per pair",
+            ["from", "to"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "llmux_request_queue_depth", "Requests waiting for their model", ["model"], registry=r
+        )
+        self.queue_wait = histogram(
+            "llmux_request_queue_wait_seconds",
+            "Time from arrival to admission (0 when the model was awake)",
+            ["model"],
+        )
+        self.in_flight = Gauge(
+            "llmux_model_in_flight", "Requests being served by a model", ["model"], registry=r
+        )
+        self.requests = Counter(
+            "llmux_requests_total",
+            "Requests for configured models, by the status sent",
+            ["model", "status"],
+            registry=r,
+        )
+        self.request_duration = histogram(
+            "llmux_request_duration_seconds",
+            "Arrival to the end of the response body",
+            ["model", "status"],
+        )
+        self.ttfb = histogram(
+            "llmux_request_ttfb_seconds",
+            "Arrival to response headers (queueing and switching included)",
+            ["model"],
+        )
+        self.hook_duration = histogram(
+            "llmux_hook_duration_seconds",
+            "Hook run time (alive: the whole polling after a wake)",
+            ["model", "hook"],
+        )
+        self.hook_failures = Counter(
+            "llmux_hook_failures_total",
+            "Hooks that failed or timed out",
+            ["model", "hook"],
+            registry=r,
+        )
+        self.hook_timeouts = Counter(
+            "llmux_hook_timeouts_total",
+            "Hooks killed for running past their timeout",
+            ["model", "hook"],
+            registry=r,
+        )
+        self.model_state = Gauge(
+            "llmux_model_state", "1 for the state each model is in", ["model", "state"], registry=r
+        )
+        Info("llmux_build", "llmux version", registry=r).info({"version": __version__})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        for model in sorted(self.models):
+            self.state_changed(model, "asleep")
+            self.queue_depth.labels(model).set(0)
+            self.in_flight.labels(model).set(0)
+
+    # --- requests (called by the app) ---
+
+    def request_finished(self, model: str, status: int, seconds: float) -> None:
+        if model in self.models:
+            self.requests.labels(model, str(status)).inc()
+            self.request_duration.labels(model, str(status)).observe(seconds)
+
+    def request_headers_sent(self, model: str, seconds: float) -> None:
+        if model in self.models:
+            self.ttfb.labels(model).observe(seconds)
+
+    # --- switcher events ---
+
+    def request_admitted(self, model, waited, queued):
+        self.queue_wait.labels(model).observe(waited)
+
+    def queue_depth_changed(self, model, depth):
+        self.queue_depth.labels(model).set(depth)
+
+    def in_flight_changed(self, model, in_flight):
+        self.in_flight.labels(model).set(in_flight)
+
+    def state_changed(self, model, state):
+        for s in STATES:
+            self.model_state.labels(model, s).set(1 if s == state else 0)
+
+    def drain_finished(self, from_model, to_model, seconds, completed):
+        if completed:
+            self.drain_duration.labels(from_model, to_model).observe(seconds)
+
+    def hook_finished(self, model, result: HookResult):
+        self.hook_duration.labels(model, result.hook).observe(result.duration)
+        if not result.ok:
+            self.hook_failures.labels(model, result.hook).inc()
+        if result.timed_out:
+            self.hook_timeouts.labels(model, result.hook).inc()
+
+    def model_deactivated(self, model, active_seconds):
+        self.active_duration.labels(model).observe(active_seconds)
+
+    def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None):
+        source = from_model or IDLE
+        self.switch_total.labels(source, to_model, "success" if ok else "failure").inc()
+        if ok:
+            self.switch_duration.labels(source, to_model).observe(seconds)
+        if ema is not None:
+            self.switch_cost.labels(source, to_model).set(ema)
