@@ -113,7 +113,8 @@ class Llmux:
             path.write_text(snippet + "\n")
 
     def log_text(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
     def log_records(self) -> list[dict]:

@@ -107,3 +107,16 @@ def test_the_master_imports_nothing_heavy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_text_log_format_escapes_control_characters():
+    import logging
+
+    from llmux.logs import TextFormatter
+
+    record = logging.LogRecord(
+        "llmux", logging.INFO, __file__, 1, "model %s", ("a\nb\x1b[2J",), None
+    )
+    record.event = "e"
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "INFO model a\\x0ab\\x1b[2J [event=e]"
