@@ -32,7 +32,8 @@ from .errors import LlmuxError, ModelNotFound, NotFound, Unauthorized
 from .events import LogObserver, Observers
 from .exchange import Exchange, request_id_from
 from .hooks import HookRunner
-from .proxy import Upstream, UpstreamAborted, filter_headers
+from .ownership import Ownership, StateRecorder, reconcile
+from .proxy import BackendUnreachable, Upstream, UpstreamAborted, filter_headers
 from .switcher import Switcher, SwitchSettings
 from .telemetry import Metrics
 
@@ -49,16 +50,27 @@ class Gateway:
 
     def __init__(self, config: Config):
         self.config = config
-        self.hooks = HookRunner(config)
+        self.ownership = Ownership(config.path)
+        recorder = StateRecorder(self.ownership)
+        self.hooks = HookRunner(config, tracker=recorder)
         self.metrics = Metrics(config.models)
         self.switcher = Switcher(
             list(config.models),
             self.hooks,
             SwitchSettings.from_policy(config.policy),
-            observer=Observers(LogObserver(), self.metrics),
+            observer=Observers(LogObserver(), self.metrics, recorder),
         )
         self.upstream = Upstream(config.proxy)
         self._keys = [k.encode() for k in config.api_keys]
+        self.switcher.start(self._take_over)
+
+    def _take_over(self) -> str | None:
+        """Own the config's hooks, then find what a previous llmux left awake."""
+        self.ownership.acquire()
+        self.ownership.kill_orphaned_hooks()
+        awake = reconcile(self.ownership.recorded(), self.config.models, self.hooks.run)
+        self.ownership.record({awake: "awake"} if awake else {})
+        return awake
 
     def authorize(self, header: str | None) -> None:
         if not self._keys:
@@ -97,6 +109,10 @@ class Gateway:
                 body,
                 model=model,
             )
+        except BackendUnreachable:
+            ticket.release()
+            self.switcher.backend_unreachable(model)  # dead? then the next request re-wakes it
+            raise
         except BaseException:
             ticket.release()
             raise
@@ -188,7 +204,8 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         gateway.authorize(request.headers.get("Authorization"))
         if request.method == "POST":
             inbound.require_json(environ)
-        body = inbound.read_body(environ, gateway.config.proxy.max_body_bytes)
+        proxy = gateway.config.proxy
+        body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)
         model = inbound.model_of(body)
         if model not in gateway.config.models:
             raise ModelNotFound(model)

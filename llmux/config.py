@@ -198,6 +198,7 @@ class ProxyConfig:
     header_timeout: float = setting(900.0, seconds())
     idle_timeout: float = setting(900.0, seconds())
     max_body_bytes: int = setting(64 * 1024 * 1024, integer(1, 2**40))
+    body_timeout: float = setting(60.0, seconds())  # the whole request body, or 408
     extra_paths: tuple[str, ...] = setting((), string_list(url_path))
 
 

@@ -31,6 +31,7 @@ from gevent.pywsgi import WSGIServer
 
 KNOBS = {
     "status": "answer with this HTTP status and an error body",
+    "exit_before_headers": "kill the whole server process before answering",
     "headers_delay_ms": "wait this long before sending response headers",
     "abort_after": "stream: close the connection after N chunks, without an end",
     "exit_after": "stream: kill the whole server process after N chunks",
@@ -44,7 +45,10 @@ WORDS = "the quick brown fox jumps over the lazy dog while llmux keeps the gpu b
 
 
 class FakeBackend:
-    def __init__(self, model: str, latency_ms: float, tokens_per_sec: float, tokens: int):
+    def __init__(
+        self, model: str, latency_ms: float, tokens_per_sec: float, tokens: int, access_log=None
+    ):
+        self.access_log = access_log
         self.model = model
         self.latency = latency_ms / 1000.0
         self.gap = 1.0 / tokens_per_sec if tokens_per_sec > 0 else 0.0
@@ -72,6 +76,12 @@ class FakeBackend:
             return self._json(start_response, 400, {"error": {"message": "bad json"}})
         fake = body.get("fake") or {}
         extra = {"x_served_by": self.model, "x_body_sha256": hashlib.sha256(raw).hexdigest()}
+        if self.access_log is not None:
+            record = {"t": time.time(), "path": path, "model": body.get("model"), **extra}
+            self.access_log.write(json.dumps(record) + "\n")
+            self.access_log.flush()
+        if fake.get("exit_before_headers"):
+            os._exit(3)
         if fake.get("echo_headers"):
             extra["x_headers"] = {
                 k[5:].replace("_", "-").title(): v
@@ -232,10 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--startup-ms", type=float, default=0.0, help="'load time' before listening"
     )
+    parser.add_argument("--access-log", help="append one JSON line per inference request here")
     args = parser.parse_args(argv)
     if args.startup_ms:
         time.sleep(args.startup_ms / 1000.0)
-    app = FakeBackend(args.model, args.latency_ms, args.tokens_per_sec, args.tokens)
+    access_log = open(args.access_log, "a") if args.access_log else None  # noqa: SIM115
+    app = FakeBackend(args.model, args.latency_ms, args.tokens_per_sec, args.tokens, access_log)
     server = WSGIServer((args.host, args.port), app, log=None)
     print(f"fake backend for {args.model} on {args.host}:{args.port}", file=sys.stderr, flush=True)
     try:

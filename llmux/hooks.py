@@ -81,7 +81,9 @@ def run_hook(
     kill_grace: float = 5.0,
     cwd: str | None = None,
     env: dict[str, str] | None = None,
+    tracker=None,
 ) -> HookResult:
+    """Run one hook; ``tracker.spawned(pgid)``/``tracker.exited(pgid)`` bracket its life."""
     start = time.monotonic()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -104,6 +106,8 @@ def run_hook(
     os.close(err_w)
     tails = {out_r: _Tail(), err_r: _Tail()}
     timed_out = False
+    if tracker is not None:
+        tracker.spawned(proc.pid)
     try:
         deadline = start + timeout
         if not _pump_until_exit(proc, tails, deadline):
@@ -116,6 +120,8 @@ def run_hook(
         if proc.returncode is None:  # only on an exception above: never leave a zombie
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if tracker is not None:
+            tracker.exited(proc.pid)
     return HookResult(
         hook,
         proc.returncode,
@@ -238,8 +244,9 @@ class HookRunner:
     environment only.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, tracker=None):
         self.config = config  # replaced as a whole on reload, never mutated
+        self.tracker = tracker  # told each hook's process group, for recovery after a crash
 
     def run(self, model: str, kind: str) -> HookResult:
         config = self.config
@@ -256,6 +263,7 @@ class HookRunner:
             kill_grace=config.kill_grace(model),
             cwd=config.base_dir,
             env=env,
+            tracker=self.tracker,
         )
 
     def ready_timeout(self, model: str) -> float:

@@ -14,10 +14,12 @@ allowed path (``/v1/%2e%2e/slots``, ``//v1/...``) are never routed anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import select
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from .errors import (
     InvalidBody,
     InvalidModel,
     NotFound,
+    RequestBodyTimeout,
     RequestTooLarge,
     UnsupportedMediaType,
     clip,
@@ -68,12 +71,36 @@ def require_json(environ: dict) -> None:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {shown}")
 
 
-def read_body(environ: dict, limit: int) -> bytes:
+def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
     """The whole request body, refusing more than ``limit`` bytes (413).
 
     A declared ``Content-Length`` over the limit is refused before reading
-    anything; a chunked body is counted while it is read.
+    anything; a chunked body is counted while it is read. Under gevent, the
+    whole body must arrive within ``timeout`` seconds (408): a client sending a
+    byte now and then never trips an inactivity timeout, a total one it does.
     """
+    try:
+        with _deadline(timeout):
+            return _read_body(environ, limit)
+    except RequestBodyTimeout:
+        environ["llmux.body_unread"] = True
+        raise
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None):
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if seconds is None or gevent_monkey is None or not gevent_monkey.is_module_patched("socket"):
+        yield  # plain threads (tests with Flask's client): no way to interrupt a read
+        return
+    import gevent
+
+    error = RequestBodyTimeout(f"request body not received within {seconds:g}s")
+    with gevent.Timeout(seconds, error):
+        yield
+
+
+def _read_body(environ: dict, limit: int) -> bytes:
     declared = environ.get("CONTENT_LENGTH") or ""
     if declared:
         try:

@@ -20,6 +20,7 @@ arrives. ``iter_content`` would hold back a close-delimited body until the end.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import http.cookiejar
 import logging
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool
 
 from .errors import BadGateway, GatewayTimeout
 
@@ -50,6 +52,29 @@ HOP_BY_HOP = frozenset(
 CHUNK_BYTES = 64 * 1024
 # Enough pooled connections per backend for hundreds of concurrent streams.
 POOL_MAXSIZE = 1024
+
+
+# A server that closes an idle keep-alive connection just as we reuse it makes
+# the request fail before a single response byte (llama-server does this after
+# every stream). Only then, on a reused connection, is a request sent again,
+# once, on a new connection: the server closed it without reading the request.
+STALE_CONNECTION = frozenset(
+    {"closed the connection without a response", "connection reset", "broken pipe"}
+)
+_reused = contextvars.ContextVar("llmux_connection_reused", default=False)
+
+
+class _TrackingPool(HTTPConnectionPool):
+    """Notes, per greenlet, whether the connection it hands out was used before."""
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        _reused.set(getattr(conn, "sock", None) is not None)
+        return conn
+
+
+class BackendUnreachable(BadGateway):
+    """No connection to the backend at all: maybe it is no longer running."""
 
 
 class UpstreamAborted(ConnectionResetError):
@@ -117,6 +142,7 @@ class Upstream:
         self.settings = proxy_config
         session = requests.Session()
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _TrackingPool}
         session.mount("http://", adapter)
         session.trust_env = False  # HTTP_PROXY & co. must never redirect backend traffic
         session.headers.clear()  # send the client's headers, not requests' defaults
@@ -139,28 +165,38 @@ class Upstream:
         if query:
             url = f"{url}?{query}"
         s = self.settings
-        try:
-            response = self._session.request(
-                method,
-                url,
-                headers=dict(headers),
-                data=body,
-                stream=True,
-                allow_redirects=False,
-                timeout=(s.connect_timeout, s.header_timeout),
-            )
-        except requests.exceptions.ConnectTimeout:
-            raise BadGateway(
-                f"the backend of model '{model}' did not accept a connection"
-            ) from None
-        except requests.exceptions.ReadTimeout:
-            raise GatewayTimeout(
-                f"the backend of model '{model}' sent no response headers "
-                f"within {s.header_timeout:g}s"
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            log.info("backend on port %d failed: %r", port, exc)
-            raise BadGateway(f"the backend of model '{model}' failed: {_reason(exc)}") from None
+        for attempt in (1, 2):
+            _reused.set(False)
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    headers=dict(headers),
+                    data=body,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(s.connect_timeout, s.header_timeout),
+                )
+                break
+            except requests.exceptions.ConnectTimeout:
+                raise BackendUnreachable(
+                    f"the backend of model '{model}' did not accept a connection"
+                ) from None
+            except requests.exceptions.ReadTimeout:
+                raise GatewayTimeout(
+                    f"the backend of model '{model}' sent no response headers "
+                    f"within {s.header_timeout:g}s"
+                ) from None
+            except requests.exceptions.RequestException as exc:
+                reason = _reason(exc)
+                log.info("backend on port %d failed (attempt %d): %r", port, attempt, exc)
+                if attempt == 1 and reason in STALE_CONNECTION and _reused.get():
+                    continue  # the server had closed this pooled connection; it saw nothing
+                if reason == "connection refused":
+                    raise BackendUnreachable(
+                        f"the backend of model '{model}' refused the connection"
+                    ) from None
+                raise BadGateway(f"the backend of model '{model}' failed: {reason}") from None
         return Reply(response, s.idle_timeout)
 
     def close(self) -> None:
@@ -194,5 +230,7 @@ def _reason(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
+    if isinstance(exc, BrokenPipeError):
+        return "broken pipe"
     name = type(exc).__name__
     return {"RemoteDisconnected": "closed the connection without a response"}.get(name, name)

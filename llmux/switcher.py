@@ -495,6 +495,72 @@ class Switcher:
         self._kick()
         self._cond.notify_all()
 
+    # --- outside knowledge: start-up and a backend that went away ---
+
+    def start(self, prepare: Callable[[], str | None]) -> None:
+        """Run ``prepare`` before anything else; it returns the model already awake.
+
+        Used at start-up to take the right to run hooks and to learn, by probing,
+        which model a previous llmux left awake. Requests queue meanwhile.
+        """
+        with self._cond:
+            self._switching = True
+        threading.Thread(
+            target=self._run_start, args=(prepare,), name="llmux-start", daemon=True
+        ).start()
+
+    def _run_start(self, prepare: Callable[[], str | None]) -> None:
+        awake = None
+        try:
+            awake = prepare()
+        except Exception:
+            log.exception("start-up check failed", extra={"event": "startup_failed"})
+        with self._cond:
+            if awake in self._models:
+                m = self._models[awake]
+                self._set_state(m, AWAKE)
+                m.awake_since = self.clock()
+                self._active = awake
+            self._switching = False
+            self._kick()
+            self._cond.notify_all()
+
+    def backend_unreachable(self, model: str) -> None:
+        """A request could not connect to ``model``'s backend: is the model still alive?
+
+        If its ``alive`` hook fails, the model is taken as asleep, so the next
+        request wakes it again instead of failing until someone restarts llmux.
+        """
+        with self._cond:
+            if self._active != model or self._switching or self._closed:
+                return
+            self._switching = True
+        threading.Thread(
+            target=self._recheck, args=(model,), name="llmux-recheck", daemon=True
+        ).start()
+
+    def _recheck(self, model: str) -> None:
+        result = None
+        try:
+            result = self._run_hook(model, "alive")
+        finally:
+            with self._cond:
+                m = self._models[model]
+                if result is not None and not result.ok and self._active == model:
+                    log.warning(
+                        "backend of %s is gone; it will be woken again on demand",
+                        model,
+                        extra={"event": "backend_lost", "model": model},
+                    )
+                    self._set_state(m, ASLEEP)
+                    self._active = None
+                    if m.awake_since is not None:
+                        self.observer.model_deactivated(model, self.clock() - m.awake_since)
+                    m.awake_since = None
+                self._switching = False
+                self._kick()
+                self._cond.notify_all()
+
     # --- inspection and shutdown ---
 
     def status(self) -> dict:

@@ -105,6 +105,21 @@ class Llmux:
             if phase == "start" and k != "alive" and kind in (None, k) and model in (None, m)
         ]
 
+    def backend_hits(self, model: str) -> list[dict]:
+        """What the backend of ``model`` received, over all its lives."""
+        path = self.dir / f"access-{model}.log"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def port_of(self, model: str) -> int:
+        return yaml.safe_load(self.config_path.read_text())["models"][model]["port"]
+
+    def worker_pid(self) -> int:
+        import psutil
+
+        children = psutil.Process(self.proc.pid).children()
+        assert len(children) == 1, children
+        return children[0].pid
+
     def fault(self, kind: str, model: str, snippet: str | None) -> None:
         path = self.dir / "faults" / f"{kind}-{model}"
         if snippet is None:

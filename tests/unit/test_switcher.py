@@ -173,8 +173,13 @@ def test_cancelled_waiter_leaves_the_queue_and_never_switches():
 
 def test_wake_failure_fails_all_waiters_once_and_the_next_request_retries_after_backoff():
     hooks = FakeHooks()
-    hooks.override[("b", "wake")] = lambda: 3
     sw, _ = make(hooks, failure_backoff_secs=0.3)
+
+    def wake_fails_once_all_five_wait():
+        wait_for(lambda: sw.status()["models"]["b"]["queued"] == 5)
+        return 3
+
+    hooks.override[("b", "wake")] = wake_fails_once_all_five_wait
     boxes = [spawn(sw.acquire, "b", timeout=5) for _ in range(5)]
     join(*boxes)
     errors = [b.get("error") for b in boxes]
@@ -321,3 +326,54 @@ def test_storm_of_200_requests_over_three_models():
     assert all(m["in_flight"] == 0 and m["queued"] == 0 for m in status["models"].values())
     wakes = sum(1 for _, kind in hooks.calls if kind == "wake")
     assert 1 <= wakes <= 200
+
+
+def test_start_up_check_runs_first_and_adopts_the_model_it_finds():
+    sw, hooks = make()
+    release = threading.Event()
+
+    def prepare():
+        release.wait(5)
+        return "b"
+
+    sw.start(prepare)
+    box = spawn(sw.acquire, "b", timeout=5)
+    time.sleep(0.1)
+    assert "value" not in box, "admitted before the start-up check finished"
+    release.set()
+    join(box)
+    box["value"].release()
+    assert sw.status()["active"] == "b"
+    assert hooks.count("b", "wake") == 0  # adopted, not woken
+
+
+def test_start_up_check_failure_leaves_everything_asleep():
+    sw, hooks = make()
+
+    def prepare():
+        raise RuntimeError("lock file unreadable")
+
+    sw.start(prepare)
+    sw.acquire("a", timeout=5).release()
+    assert hooks.count("a", "wake") == 1
+
+
+def test_an_unreachable_backend_that_is_dead_is_woken_again():
+    sw, hooks = make()
+    sw.acquire("a").release()
+    hooks.up.discard("a")  # the backend crashed while idle
+    sw.backend_unreachable("a")
+    wait_for(lambda: sw.state("a") == ASLEEP)
+    sw.acquire("a", timeout=5).release()
+    assert hooks.count("a", "wake") == 2
+
+
+def test_an_unreachable_backend_that_is_alive_stays_awake():
+    sw, hooks = make()
+    sw.acquire("a").release()
+    sw.backend_unreachable("a")
+    wait_for(lambda: hooks.count("a", "alive") == 2)
+    time.sleep(0.05)
+    assert sw.state("a") == AWAKE and hooks.count("a", "wake") == 1
+    sw.backend_unreachable("b")  # not the awake model: nothing to check
+    assert hooks.count("b", "alive") == 0

@@ -1,0 +1,220 @@
+"""Who may run hooks for a config, and what the last owner left awake.
+
+Usage::
+
+    owner = Ownership("/etc/llmux/llmux.yaml")
+    owner.acquire(wait=True)          # blocks (cooperatively) while another process owns it
+    awake = reconcile(owner.recorded(), hooks)
+    ...
+    owner.record({"qwen": "awake"})   # on every state change
+
+gunicorn's SIGHUP starts a new worker while the old one drains, a crashed
+worker is replaced while its hooks may still run, and an operator may start a
+second llmux on the same config. Only the holder of an exclusive ``flock`` on
+a lock file derived from the config path runs hooks; the kernel releases it
+when the holder exits, however it exits. A small state file next to it records
+which models are not asleep, so the next owner probes exactly those with
+``alive`` instead of waking a second model on top of a live one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+
+from .events import Observer
+
+log = logging.getLogger("llmux.ownership")
+
+WAIT_LOG_EVERY = 30.0
+
+
+def runtime_dir() -> str:
+    explicit = os.environ.get("LLMUX_RUNTIME_DIR")
+    if explicit:
+        return explicit
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return os.path.join(xdg, "llmux")
+    return os.path.join(tempfile.gettempdir(), f"llmux-{os.getuid()}")
+
+
+class Ownership:
+    def __init__(self, config_path: str, directory: str | None = None):
+        directory = directory or runtime_dir()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        key = hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:16]
+        self.lock_path = os.path.join(directory, f"llmux-{key}.lock")
+        self.state_path = os.path.join(directory, f"llmux-{key}.state")
+        self.config_path = os.path.abspath(config_path)
+        self._fd: int | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def acquire(self, *, poll: float = 0.1) -> None:
+        """Wait until this process owns the config (time.sleep is gevent's under gunicorn)."""
+        last_log = 0.0
+        while not self.try_acquire():
+            now = time.monotonic()
+            if now - last_log >= WAIT_LOG_EVERY:
+                last_log = now
+                log.warning(
+                    "another llmux process (pid %s) runs the hooks of %s; waiting for it to exit",
+                    self.owner_pid(),
+                    self.config_path,
+                    extra={"event": "ownership_waiting", "owner_pid": self.owner_pid()},
+                )
+            time.sleep(poll)
+        log.info(
+            "this process runs the hooks of %s",
+            self.config_path,
+            extra={"event": "ownership_acquired", "lock": self.lock_path},
+        )
+
+    def owner_pid(self) -> int | None:
+        try:
+            with open(self.lock_path) as fh:
+                return int(fh.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    # --- the state file ---
+
+    def record(self, states: dict[str, str], hook_groups: list[int] | None = None) -> None:
+        """Remember which models are not asleep and which hooks run (written atomically)."""
+        if not self.owned:
+            return
+        tmp = f"{self.state_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"pid": os.getpid(), "models": states, "hooks": hook_groups or []}, fh)
+        os.replace(tmp, self.state_path)
+
+    def _read(self) -> dict:
+        try:
+            with open(self.state_path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def recorded(self) -> dict[str, str]:
+        models = self._read().get("models") or {}
+        return {k: v for k, v in models.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def kill_orphaned_hooks(self) -> list[int]:
+        """SIGKILL the process groups of hooks a dead owner left running.
+
+        Only groups that still hold a process with ``LLMUX_HOOK`` in its
+        environment are touched, so a recycled process id is left alone.
+        """
+        killed = []
+        for pgid in self._read().get("hooks") or []:
+            if isinstance(pgid, int) and pgid > 1 and _is_hook_group(pgid):
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                    killed.append(pgid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if killed:
+            log.warning(
+                "killed hooks left running by a previous llmux process: groups %s",
+                killed,
+                extra={"event": "orphaned_hooks_killed", "groups": killed},
+            )
+        return killed
+
+
+def _is_hook_group(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+            if int(stat[stat.rfind(b")") + 2 :].split()[2]) != pgid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if any(v.startswith(b"LLMUX_HOOK=") for v in fh.read().split(b"\0")):
+                    return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
+
+
+class StateRecorder(Observer):
+    """Keeps the state file in step with the switcher (models not asleep, running hooks)."""
+
+    def __init__(self, ownership: Ownership):
+        self.ownership = ownership
+        self.states: dict[str, str] = {}
+        self.hook_groups: set[int] = set()
+
+    def state_changed(self, model, state):
+        if state == "asleep":
+            self.states.pop(model, None)
+        else:
+            self.states[model] = state
+        self._write()
+
+    # the hook runner's tracker interface
+    def spawned(self, pgid: int) -> None:
+        self.hook_groups.add(pgid)
+        self._write()
+
+    def exited(self, pgid: int) -> None:
+        self.hook_groups.discard(pgid)
+        self._write()
+
+    def _write(self) -> None:
+        try:
+            self.ownership.record(dict(self.states), sorted(self.hook_groups))
+        except OSError as exc:
+            log.warning("cannot write the state file: %s", exc, extra={"event": "state_unwritable"})
+
+
+def reconcile(recorded: dict[str, str], models, run_hook) -> str | None:
+    """Probe the models a previous owner left not asleep; keep one, put the rest to sleep.
+
+    ``run_hook(model, kind)`` returns a HookResult. The model that was awake is
+    preferred; a half-woken one is kept only if it alone is alive.
+    """
+    candidates = [m for m, state in recorded.items() if m in models and state != "asleep"]
+    if not candidates:
+        return None
+    candidates.sort(key=lambda m: recorded[m] != "awake")  # the awake one first
+    alive = [m for m in candidates if run_hook(m, "alive").ok]
+    keep = alive[0] if alive else None
+    for model in candidates:
+        if model != keep and (model in alive or recorded[model] in ("waking", "failed")):
+            run_hook(model, "sleep")  # a second live model, or a half-started one
+    log.info(
+        "found %s awake after a restart",
+        keep or "no model",
+        extra={"event": "reconciled", "model": keep, "probed": candidates, "alive": alive},
+    )
+    return keep
