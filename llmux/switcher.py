@@ -350,10 +350,19 @@ class Switcher:
                     "drain timed out",
                 )
                 return
+            if self._closed:  # shutting down: keep serving what runs, start nothing new
+                self._abandon_switch(
+                    source, target, started, ShuttingDown("llmux is shutting down"), "shutdown"
+                )
+                return
             t0 = self.clock()
             if not self._put_to_sleep(source, target, started):
                 return
             phases["sleep"] = self.clock() - t0
+        if self._closed:
+            with self._cond:
+                self._finish_switch(source, target, started, ok=False, error="shutdown")
+            return
         t0 = self.clock()
         failure = self._wake(target)
         phases["wake"] = self.clock() - t0

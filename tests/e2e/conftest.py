@@ -42,14 +42,16 @@ def process_alive(pid: int) -> bool:
 
 
 class Llmux:
-    def __init__(self, directory: Path, config: dict, extra_args=(), env=None):
+    def __init__(
+        self, directory: Path, config: dict, extra_args=(), env=None, log_name="llmux.log"
+    ):
         self.dir = directory
         self.port = config["port"]
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = directory / "llmux.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         (directory / "faults").mkdir(exist_ok=True)
-        self.stderr_path = directory / "llmux.log"
+        self.stderr_path = directory / log_name
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives as long as llmux
         full_env = dict(os.environ, LLMUX_TEST_DIR=str(directory), **(env or {}))
         self.proc = subprocess.Popen(

@@ -377,3 +377,16 @@ def test_an_unreachable_backend_that_is_alive_stays_awake():
     assert sw.state("a") == AWAKE and hooks.count("a", "wake") == 1
     sw.backend_unreachable("b")  # not the awake model: nothing to check
     assert hooks.count("b", "alive") == 0
+
+
+def test_close_during_a_drain_abandons_the_switch():
+    sw, hooks = make()
+    held = sw.acquire("a")
+    box = spawn(sw.acquire, "b", timeout=5)
+    wait_for(lambda: sw.state("a") == "draining")
+    sw.close()
+    join(box)
+    assert isinstance(box["error"], ShuttingDown)
+    held.release()
+    wait_for(lambda: sw.state("a") == AWAKE)
+    assert hooks.count("a", "sleep") == 0 and hooks.count("b", "wake") == 0
