@@ -187,6 +187,17 @@ class Llmux:
         return found
 
 
+def assert_one_awake(events) -> None:
+    """INV-1 from the hook log: a wake starts only when every other model has slept."""
+    up: set[str] = set()
+    for _, phase, kind, model, _ in events:
+        if kind == "wake" and phase == "start":
+            assert not up - {model}, f"woke {model} while {up} was up"
+            up.add(model)
+        elif kind == "sleep" and phase == "end":
+            up.discard(model)
+
+
 def model_entry(port: int, **env) -> dict:
     entry = {
         "port": port,

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import requests
 
-from .conftest import Llmux, free_port, process_alive
+from .conftest import Llmux, assert_one_awake, free_port, process_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -176,13 +176,7 @@ def test_f23_sighup_keeps_streams_and_never_runs_two_owners(llmux_factory):
         ("start", "wake", "b"),
         ("end", "wake", "b"),
     ]
-    up = set()
-    for _, phase, kind, model, _ in events:
-        if phase == "start" and kind == "wake":
-            assert not up - {model}, f"woke {model} while {up} was up"
-            up.add(model)
-        if phase == "end" and kind == "sleep":
-            up.discard(model)
+    assert_one_awake(events)
 
 
 def test_f24_a_hook_longer_than_the_worker_timeout_does_not_kill_the_worker(

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from .conftest import assert_one_awake
+
 pytestmark = pytest.mark.e2e
 
 
@@ -90,15 +92,7 @@ def test_six_concurrent_alternating_requests_all_succeed(llmux):
     for model, r in results:
         assert r.status_code == 200
         assert f'"x_served_by": "{model}"' in r.text
-    starts = [e for e in llmux.events() if e[1] == "start" and e[2] != "alive"]
-    # never two models up at once: every wake after the first follows a sleep
-    up = set()
-    for _, _, kind, model, _ in starts:
-        if kind == "wake":
-            assert not up - {model}, f"woke {model} while {up} was up"
-            up.add(model)
-        else:
-            up.discard(model)
+    assert_one_awake(llmux.events())
 
 
 def test_models_listing(llmux_factory):
