@@ -22,6 +22,8 @@ import pytest
 import requests
 import yaml
 
+from tests.helpers import process_alive
+
 HOOK = Path(__file__).parent / "hooks" / "hook.sh"
 
 pytestmark = pytest.mark.e2e
@@ -31,14 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 class Llmux:
@@ -82,6 +76,15 @@ class Llmux:
     def post(self, path="/v1/chat/completions", body=None, **kw):
         kw.setdefault("timeout", 30)
         return self.session.post(self.url + path, json=body, **kw)
+
+    def stream(self, model, **extra):
+        """A streamed chat completion, left open for the caller to read."""
+        return requests.post(
+            self.url + "/v1/chat/completions",
+            json={"model": model, "stream": True, **extra},
+            stream=True,
+            timeout=30,
+        )
 
     def chat(self, model, **extra):
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}

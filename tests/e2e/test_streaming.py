@@ -9,7 +9,6 @@ import time
 
 import psutil
 import pytest
-import requests
 from openai import OpenAI
 
 pytestmark = pytest.mark.e2e
@@ -118,13 +117,8 @@ def worker_connections_to(server, port) -> list:
 
 def test_a_client_leaving_mid_stream_releases_its_ticket_and_the_upstream(llmux_factory):
     server = llmux_factory(model_env={"FAKE_ARGS": "--tokens-per-sec 10 --tokens 200"})
-    backend_port = yaml_port(server, "a")
-    r = requests.post(
-        server.url + "/v1/chat/completions",
-        json={"model": "a", "stream": True},
-        stream=True,
-        timeout=30,
-    )
+    backend_port = server.port_of("a")
+    r = server.stream("a")
     lines = r.iter_lines()
     got = [next(lines) for _ in range(3)]
     assert got[0].startswith(b"data: ")
@@ -138,9 +132,3 @@ def test_a_client_leaving_mid_stream_releases_its_ticket_and_the_upstream(llmux_
     while worker_connections_to(server, backend_port) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not worker_connections_to(server, backend_port), "upstream left open"
-
-
-def yaml_port(server, model) -> int:
-    import yaml
-
-    return yaml.safe_load(server.config_path.read_text())["models"][model]["port"]

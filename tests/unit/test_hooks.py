@@ -7,15 +7,7 @@ import pytest
 
 from llmux.config import parse_config
 from llmux.hooks import TAIL_BYTES, HookRunner, run_hook
-
-
-def alive(pid: int) -> bool:
-    """True while pid is a live process (a zombie waiting for init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+from tests.helpers import process_alive as alive
 
 
 def test_exit_code_and_output():

@@ -1,0 +1,10 @@
+"""Helpers shared by the unit and end-to-end tests."""
+
+
+def process_alive(pid: int) -> bool:
+    """True while pid is a live process (a zombie waiting for init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
