@@ -119,15 +119,19 @@ class Gateway:
 
         def relay():
             outcome = "client_closed"  # unless the body ends or the upstream fails
+            # a client leaving during a silent stretch closes the upstream at once
+            watch = inbound.watch_client(environ, on_gone=reply.abort)
             try:
                 yield b""  # makes gunicorn send the headers now, before the first token
                 exchange.headers_sent()
                 yield from reply.chunks()
-                outcome = "completed"
+                outcome = "client_closed" if watch and watch.fired else "completed"
             except UpstreamAborted:
-                outcome = "upstream_aborted"
+                outcome = "client_closed" if watch and watch.fired else "upstream_aborted"
                 raise
             finally:  # end of body, upstream failure, or client gone (GeneratorExit)
+                if watch is not None:
+                    watch.stop()
                 reply.close()
                 ticket.release()
                 exchange.finish(reply.status, outcome)

@@ -20,6 +20,7 @@ import re
 import select
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -170,6 +171,38 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
             return True
 
     return gone
+
+
+class ClientWatch:
+    """Calls ``on_gone`` once if the client hangs up while its answer is silent.
+
+    A client that leaves is otherwise noticed only when the next chunk is
+    written to it; while a backend processes a long prompt or stalls, nothing
+    is written, the backend keeps working for nobody and the model's drain
+    waits. One thread (a greenlet under gevent) per response polls the socket.
+    """
+
+    def __init__(self, gone: Callable[[], bool], on_gone: Callable[[], None], every: float):
+        self.fired = False
+        self._stop = threading.Event()
+        self._gone, self._on_gone, self._every = gone, on_gone, every
+        threading.Thread(target=self._run, name="llmux-client-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            if self._gone():
+                self.fired = True
+                self._on_gone()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def watch_client(environ: dict, on_gone: Callable[[], None], every: float = 1.0):
+    """A :class:`ClientWatch` for this request, or None where the socket is unknown."""
+    gone = client_gone_probe(environ)
+    return None if gone is None else ClientWatch(gone, on_gone, every)
 
 
 def stop_reading(environ: dict) -> None:

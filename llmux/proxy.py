@@ -24,6 +24,7 @@ import contextvars
 import errno
 import http.cookiejar
 import logging
+import socket
 from collections.abc import Iterable, Iterator
 
 import requests
@@ -133,6 +134,18 @@ class Reply:
     def close(self) -> None:
         """Release the connection; one not read to the end is closed, not pooled."""
         self._response.close()
+
+    def abort(self) -> None:
+        """Cut the upstream connection now, waking a read blocked on it (from elsewhere).
+
+        ``close`` alone would not: the response's file object keeps the socket open.
+        """
+        sock = getattr(getattr(self._response.raw, "connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class Upstream:

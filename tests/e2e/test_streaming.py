@@ -132,3 +132,16 @@ def test_a_client_leaving_mid_stream_releases_its_ticket_and_the_upstream(llmux_
     while worker_connections_to(server, backend_port) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not worker_connections_to(server, backend_port), "upstream left open"
+
+
+def test_a_client_leaving_a_silent_stream_frees_it_at_once(llmux):
+    """Nothing is written while the backend is silent; llmux still notices the hang-up."""
+    r = llmux.stream("a", fake={"stall_after": 1})
+    lines = r.iter_lines()
+    assert next(lines).startswith(b"data: ")
+    r.close()  # the backend stays silent for an hour
+    started = time.monotonic()
+    assert llmux.chat("b").status_code == 200  # a's drain did not wait for the stall
+    assert time.monotonic() - started < 4
+    finished = [x for x in llmux.log_records() if x.get("event") == "request_finished"]
+    assert finished[0]["model"] == "a" and finished[0]["outcome"] == "client_closed"

@@ -55,11 +55,12 @@ class SwitcherMachine(RuleBasedStateMachine):
     def request_in_background(self, model, timeout):
         self.pending.append(self._acquire(model, timeout))
 
-    @rule(data=st.data())
-    def release(self, data):
+    # the index is drawn whatever the state: how many tickets exist depends on timing,
+    # and hypothesis needs the same draws when it replays a case
+    @rule(index=st.integers(0, 1000))
+    def release(self, index):
         if self.tickets:
-            ticket = self.tickets.pop(data.draw(st.integers(0, len(self.tickets) - 1)))
-            ticket.release()
+            self.tickets.pop(index % len(self.tickets)).release()
 
     @rule(model=st.sampled_from(MODELS), kind=st.sampled_from(["wake", "sleep"]))
     def break_hook(self, model, kind):
@@ -99,4 +100,6 @@ class SwitcherMachine(RuleBasedStateMachine):
 
 
 TestSwitcherMachine = SwitcherMachine.TestCase
-TestSwitcherMachine.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
+TestSwitcherMachine.settings = settings(
+    max_examples=30, stateful_step_count=20, deadline=None, derandomize=True
+)
