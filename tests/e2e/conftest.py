@@ -218,9 +218,16 @@ def llmux_factory(tmp_path):
     started: list[Llmux] = []
 
     def start(models=("a", "b", "c"), *, model_env=None, extra_args=(), env=None, **sections):
+        ports: set[int] = set()
+        while len(ports) < len(models) + 1:  # two picks of a free port may coincide
+            ports.add(free_port())
+        listen, *backends = sorted(ports)
         config = {
-            "port": free_port(),
-            "models": {name: model_entry(free_port(), **(model_env or {})) for name in models},
+            "port": listen,
+            "models": {
+                name: model_entry(port, **(model_env or {}))
+                for name, port in zip(models, backends, strict=True)
+            },
             "hooks": {
                 "wake_timeout": 10,
                 "sleep_timeout": 10,
