@@ -222,18 +222,22 @@ def _group_alive(pgid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
+    return any(state not in (b"Z", b"X") for _, state in group_members(pgid))
+
+
+def group_members(pgid: int):
+    """``(pid, state)`` of every process in process group ``pgid``, read from /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as fh:
                 stat = fh.read()
-        except OSError:
+            state, _ppid, pgrp = stat[stat.rfind(b")") + 2 :].split()[:3]
+            if int(pgrp) == pgid:
+                yield int(entry.name), state
+        except (OSError, ValueError):
             continue
-        state, _ppid, pgrp = stat[stat.rfind(b")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state not in (b"Z", b"X"):
-            return True
-    return False
 
 
 class HookRunner:

@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from .events import Observer
+from .hooks import group_members
 
 log = logging.getLogger("llmux.ownership")
 
@@ -150,18 +151,12 @@ class Ownership:
 
 
 def _is_hook_group(pgid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, _state in group_members(pgid):
         try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-            if int(stat[stat.rfind(b")") + 2 :].split()[2]) != pgid:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as fh:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
                 if any(v.startswith(b"LLMUX_HOOK=") for v in fh.read().split(b"\0")):
                     return True
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
     return False
 
