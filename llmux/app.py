@@ -17,23 +17,28 @@ turned into the OpenAI error envelope in :func:`error_response`, and nowhere els
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import os
+import time
 
 from flask import Flask, Response, request
 from prometheus_client import exposition
 from werkzeug.exceptions import HTTPException
 
-from . import inbound, logs
+from . import __version__, inbound, logs
+from .admin import admin_blueprint
 from .config import Config, load_config
-from .errors import LlmuxError, ModelNotFound, NotFound, Unauthorized
+from .errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
 from .events import LogObserver, Observers
 from .exchange import Exchange, request_id_from
+from .history import History
 from .hooks import HookRunner
 from .ownership import Ownership, StateRecorder, reconcile
 from .proxy import BackendUnreachable, Upstream, UpstreamAborted, filter_headers
+from .reloading import Reloader
 from .switcher import Switcher, SwitchSettings
 from .telemetry import Metrics
 
@@ -48,56 +53,123 @@ REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id"})
 class Gateway:
     """Everything one llmux instance holds: config, switcher, upstream pool."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, port_override: int | None = None):
         self.config = config
+        self.port_override = port_override
+        self.started_at = time.time()
         self.ownership = Ownership(config.path)
         recorder = StateRecorder(self.ownership)
         self.hooks = HookRunner(config, tracker=recorder)
         self.metrics = Metrics(config.models)
+        self.history = History()
         self.switcher = Switcher(
             list(config.models),
             self.hooks,
             SwitchSettings.from_policy(config.policy),
-            observer=Observers(LogObserver(), self.metrics, recorder),
+            observer=Observers(LogObserver(), self.metrics, recorder, self.history),
+            idle_sleep={name: config.idle_sleep_secs(name) for name in config.models},
         )
         self.upstream = Upstream(config.proxy)
-        self._keys = [k.encode() for k in config.api_keys]
-        self.switcher.start(self._take_over)
+        self.reloader = Reloader(self)
+        self.switcher.start(self._take_over, preload=config.startup.preload)
 
     def _take_over(self) -> str | None:
-        """Own the config's hooks, then find what a previous llmux left awake."""
+        """Own the config's hooks, then find what is awake (a previous llmux's, or adopted)."""
         self.ownership.acquire()
         self.ownership.kill_orphaned_hooks()
-        awake = reconcile(self.ownership.recorded(), self.config.models, self.hooks.run)
+        startup = self.config.startup
+        awake = reconcile(
+            self.ownership.recorded(),
+            self.config.models,
+            self.hooks.run,
+            adopt=startup.adopt,
+            prefer=startup.preload,
+        )
         self.ownership.record({awake: "awake"} if awake else {})
         return awake
 
     def authorize(self, header: str | None) -> None:
-        if not self._keys:
-            return
-        scheme, _, token = (header or "").partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-        # compare with every key, always, so timing says nothing about which matched
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
+        keys = self.config.api_keys
+        if keys and not _bearer_matches(header, keys):
             raise Unauthorized("missing or invalid API key")
+
+    def authorize_admin(self, header: str | None, remote_addr: str | None) -> None:
+        """The admin token when one is set; otherwise only a loopback client."""
+        token = self.config.admin_token()
+        if token is not None:
+            if not _bearer_matches(header, [token]):
+                raise Unauthorized("missing or invalid admin token")
+        elif not _is_loopback(remote_addr):
+            raise Forbidden(
+                "the admin API answers only on loopback unless admin.token "
+                "(or LLMUX_ADMIN_TOKEN) is set"
+            )
 
     def shutdown(self) -> None:
         """Stop admitting requests; queued ones get 503 ``shutting_down``."""
         log.info("shutting down: queued requests are refused", extra={"event": "shutting_down"})
         self.switcher.close()
 
+    def sleep_on_exit(self) -> None:
+        """``shutdown.sleep_active``: after the drain, put the awake model to sleep."""
+        active = self.switcher.status()["active"]
+        if self.config.shutdown.sleep_active and active is not None:
+            self.switcher.sleep(active, reason="shutdown", timeout=5.0)
+
     def model_entry(self, name: str) -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "llmux"}
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "llmux",
+            "state": self.switcher.state(name),
+        }
+
+    def status(self) -> dict:
+        """What the admin API, the page and ``llmux status`` show."""
+        switcher = self.switcher.status()
+        for name, model in switcher["models"].items():
+            model["last_hook_failure"] = self.history.last_hook_failure(name)
+            spec = self.config.models.get(name)
+            model["port"] = spec.port if spec else None
+            model["removed"] = spec is None
+        now = time.time()
+        return {
+            "version": __version__,
+            "config": self.config.path,
+            "now": now,
+            "started_at": self.started_at,
+            "uptime_secs": now - self.started_at,
+            **switcher,
+            "timeline": self.history.timeline(),
+            "hook_failures": self.history.hook_failures(),
+        }
+
+    def wake(self, model: str, environ: dict) -> dict:
+        """Wake ``model`` the way a request for it would, and return once it is awake."""
+        if model not in self.config.models:
+            raise ModelNotFound(model)
+        ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
+        ticket.release()
+        return {"model": model, "state": self.switcher.state(model), "waited_secs": ticket.waited}
+
+    def sleep(self, model: str) -> dict:
+        if model not in self.config.models:
+            raise ModelNotFound(model)
+        timeout = self.config.hook_timeout(model, "sleep") + 60.0
+        state = self.switcher.sleep(model, reason="admin", timeout=timeout)
+        return {"model": model, "state": state}
+
+    def reload(self) -> dict:
+        """Re-read the config file and apply it, or change nothing and say why."""
+        return self.reloader.reload()
 
     def forward(self, exchange: Exchange, environ: dict, headers, body: bytes) -> Response:
         model = exchange.model
         ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
         exchange.waited = ticket.waited
         try:
-            drop = REQUEST_DROP | ({"authorization"} if self._keys else frozenset())
+            drop = REQUEST_DROP | ({"authorization"} if self.config.api_keys else frozenset())
             forwarded = filter_headers(headers, drop=drop)
             forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
             reply = self.upstream.send(
@@ -145,6 +217,23 @@ class Gateway:
         return response
 
 
+def _bearer_matches(header: str | None, secrets) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+    # compare with every secret, always, so timing says nothing about which matched
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(presented, secret.encode())
+    return matched
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def error_response(error: LlmuxError) -> Response:
     response = Response(
         _json(error.envelope()), status=error.status, content_type="application/json"
@@ -161,9 +250,10 @@ def _json(data) -> str:
 def create_app(config_path: str | None = None, *, port: int | None = None) -> Flask:
     """Build the app for one config file (default: ``$LLMUX_CONFIG``, then ``config.yaml``)."""
     path = config_path or os.environ.get("LLMUX_CONFIG") or "config.yaml"
-    gateway = Gateway(load_config(path, port=port))
+    gateway = Gateway(load_config(path, port=port), port_override=port)
     app = Flask("llmux")
     app.extensions["llmux"] = gateway
+    app.register_blueprint(admin_blueprint(gateway))
     app.url_map.merge_slashes = False  # never redirect: an odd path is simply not routed
     app.url_map.strict_slashes = False
 

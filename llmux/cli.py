@@ -1,9 +1,11 @@
-"""The ``llmux`` command: serve, check, fake-backend.
+"""The ``llmux`` command: serve, check, status, wake, sleep, reload, fake-backend.
 
 Usage::
 
     llmux serve -c conf/demo.yaml
     llmux check -c conf/demo.yaml
+    llmux status -c conf/demo.yaml          # or --url http://host:3000, --json
+    llmux wake qwen; llmux sleep qwen; llmux reload
     llmux fake-backend --port 8001 --model llama
 
 This module runs in gunicorn's master: it imports the app (flask, requests)
@@ -12,8 +14,10 @@ only inside the worker, through :class:`llmux.server.LlmuxServer`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from urllib.parse import quote
 
 import click
 
@@ -95,6 +99,95 @@ def check(config_file):
         f"  policy {p.policy_type}: request_timeout_secs={p.request_timeout_secs}, "
         f"drain_before_switch={p.drain_before_switch}, min_active_secs={p.min_active_secs:g}"
     )
+
+
+def _admin_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="print the JSON answer")(f)
+    f = click.option(
+        "--token",
+        envvar="LLMUX_ADMIN_TOKEN",
+        help="admin token (default: $LLMUX_ADMIN_TOKEN, else the config's admin.token)",
+    )(f)
+    f = click.option("--url", help="llmux to talk to (default: the config's host and port)")(f)
+    return _config_option(f)
+
+
+def _admin_client(config_file, url, token):
+    from .admin_client import AdminClient
+    from .server import config_path
+
+    if url is None or token is None:
+        path = config_path(config_file)
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            if url is None:
+                _print_problems(exc)
+                raise click.ClickException("give --url, or a valid config with -c") from None
+            config = None
+        if config is not None:
+            if url is None:
+                host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+                url = f"http://{'[' + host + ']' if ':' in host else host}:{config.port}"
+            token = token or config.admin.token
+    return AdminClient(url, token)
+
+
+def _admin_call(client, method, path, as_json, show, timeout=None):
+    from .admin_client import AdminError
+
+    try:
+        answer = client.call(method, path, timeout=timeout)
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(answer, indent=2) if as_json else show(answer))
+
+
+@main.command()
+@_admin_options
+def status(config_file, url, token, as_json):
+    """Show what a running llmux has awake, queued and failing."""
+    from .admin_client import format_status
+
+    client = _admin_client(config_file, url, token)
+    _admin_call(client, "GET", "/llmux/status", as_json, format_status)
+
+
+@main.command()
+@click.argument("model")
+@_admin_options
+def wake(model, config_file, url, token, as_json):
+    """Wake MODEL (like a request for it would) and wait until it is awake."""
+    client = _admin_client(config_file, url, token)
+    path = f"/llmux/models/{quote(model, safe='')}/wake"
+    _admin_call(client, "POST", path, as_json, lambda a: f"{a['model']}: {a['state']}", 3600)
+
+
+@main.command()
+@click.argument("model")
+@_admin_options
+def sleep(model, config_file, url, token, as_json):
+    """Drain MODEL and run its sleep hook."""
+    client = _admin_client(config_file, url, token)
+    path = f"/llmux/models/{quote(model, safe='')}/sleep"
+    _admin_call(client, "POST", path, as_json, lambda a: f"{a['model']}: {a['state']}", 3600)
+
+
+@main.command()
+@_admin_options
+def reload(config_file, url, token, as_json):
+    """Make a running llmux re-read its config file (nothing changes if it is invalid)."""
+
+    def show(a):
+        parts = [f"{key}: {', '.join(a[key])}" for key in ("added", "removed", "changed") if a[key]]
+        if a["going_to_sleep"]:
+            parts.append(f"going to sleep: {', '.join(a['going_to_sleep'])}")
+        if a["needs_restart"]:
+            parts.append(f"needs a restart to apply: {', '.join(a['needs_restart'])}")
+        return f"{a['config']}: reloaded" + ("".join(f"\n  {p}" for p in parts) or ", no change")
+
+    client = _admin_client(config_file, url, token)
+    _admin_call(client, "POST", "/llmux/reload", as_json, show)
 
 
 def _print_problems(exc: ConfigError) -> None:

@@ -175,6 +175,8 @@ class ModelConfig:
     alive: str = setting(None, text, required=True)
     env: Mapping[str, str] = setting({}, env_map)
     timeouts: HookTimeouts = section(HookTimeouts)
+    # None: the policy's idle_sleep_secs; 0: never put to sleep for idleness
+    idle_sleep_secs: float | None = setting(None, optional(seconds(allow_zero=True)))
 
     def hook(self, kind: str) -> str:
         return getattr(self, kind)
@@ -190,6 +192,8 @@ class PolicyConfig:
     min_active_secs: float = setting(0.0, seconds(allow_zero=True))
     max_queue_depth: int | None = setting(None, optional(integer(1, 10**9)))
     failure_backoff_secs: float = setting(2.0, seconds(allow_zero=True))
+    # put the awake model to sleep this long after its last response ended
+    idle_sleep_secs: float | None = setting(None, optional(seconds()))
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,23 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    # without a token (here or in $LLMUX_ADMIN_TOKEN) the admin API answers loopback only
+    token: str | None = setting(None, optional(text))
+
+
+@dataclass(frozen=True)
+class StartupConfig:
+    preload: str | None = setting(None, optional(text))  # wake this model at start
+    adopt: bool = setting(False, boolean)  # probe every model's alive hook at start
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    sleep_active: bool = setting(False, boolean)  # run the awake model's sleep hook on exit
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = ""
     port: int = setting(3000, integer(1, 65535))
@@ -213,6 +234,9 @@ class Config:
     hooks: HookDefaults = section(HookDefaults)
     proxy: ProxyConfig = section(ProxyConfig)
     api_keys: tuple[str, ...] = setting((), string_list(text))
+    admin: AdminConfig = section(AdminConfig)
+    startup: StartupConfig = section(StartupConfig)
+    shutdown: ShutdownConfig = section(ShutdownConfig)
 
     @property
     def base_dir(self) -> str:
@@ -226,6 +250,15 @@ class Config:
     def kill_grace(self, model: str) -> float:
         override = self.models[model].timeouts.kill_grace
         return override if override is not None else self.hooks.kill_grace
+
+    def idle_sleep_secs(self, model: str) -> float | None:
+        """Idle time before ``model`` is put to sleep; None: never."""
+        own = self.models[model].idle_sleep_secs
+        secs = own if own is not None else self.policy.idle_sleep_secs
+        return secs or None
+
+    def admin_token(self) -> str | None:
+        return self.admin.token or os.environ.get("LLMUX_ADMIN_TOKEN") or None
 
 
 # --- building ---
@@ -302,6 +335,9 @@ def parse_config(raw: Any, path: str, *, port: int | None = None) -> Config:
         config = dataclasses.replace(config, port=port)
     if config is not None:
         _check_ports(config, problems)
+        preload = config.startup.preload
+        if preload is not None and preload not in config.models:
+            problems.append(f"startup.preload: {_show(preload)} is not a configured model")
     if problems:
         raise ConfigError(path, problems)
     return config

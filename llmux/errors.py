@@ -75,12 +75,36 @@ class RequestBodyTimeout(LlmuxError):
 class ModelNotFound(LlmuxError):
     status, code, param = 404, "model_not_found", "model"
 
-    def __init__(self, model: object):
-        super().__init__(f"model '{clip(model)}' not found")
+    def __init__(self, model: object, *, removed: bool = False):
+        why = "was removed from the config by a reload" if removed else "not found"
+        super().__init__(f"model '{clip(model)}' {why}")
 
 
 class Unauthorized(LlmuxError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(LlmuxError):
+    status, code = 403, "forbidden"
+
+
+class InvalidConfig(LlmuxError):
+    """A reload refused: the running config is unchanged; ``problems`` says why."""
+
+    status, code = 400, "invalid_config"
+
+    def __init__(self, message: str, problems: list[str]):
+        super().__init__(message)
+        self.problems = problems
+
+    def envelope(self) -> dict:
+        answer = super().envelope()
+        answer["error"]["problems"] = self.problems
+        return answer
+
+
+class Busy(LlmuxError):
+    status, code = 409, "busy"
 
 
 class QueueFull(LlmuxError):

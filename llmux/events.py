@@ -52,6 +52,10 @@ class Observer:
 
     def model_deactivated(self, model: str, active_seconds: float) -> None: ...
 
+    def model_put_to_sleep(
+        self, model: str, reason: str, ok: bool, seconds: float, error: str = ""
+    ) -> None: ...
+
     def switch_finished(
         self,
         from_model: str | None,
@@ -60,6 +64,7 @@ class Observer:
         seconds: float,
         error: str = "",
         ema: float | None = None,
+        phases: dict | None = None,
     ) -> None: ...
 
 
@@ -222,7 +227,26 @@ class LogObserver(Observer):
             },
         )
 
-    def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None):
+    def model_put_to_sleep(self, model, reason, ok, seconds, error=""):
+        fields = {"model": model, "reason": reason, "duration_secs": round(seconds, 6)}
+        if ok:
+            log.info(
+                "%s put to sleep (%s) after %.3fs",
+                model,
+                reason,
+                seconds,
+                extra={"event": "model_put_to_sleep", **fields},
+            )
+        else:
+            log.warning(
+                "%s could not be put to sleep (%s): %s",
+                model,
+                reason,
+                error,
+                extra={"event": "model_sleep_failed", "error": error, **fields},
+            )
+
+    def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None, phases=None):
         if ok:
             log.info(
                 "model %s activated after %.3fs",

@@ -245,15 +245,33 @@ class HookRunner:
 
     Nothing from a request ever reaches a hook: the snippet, the working
     directory and the environment come from the config and llmux's own
-    environment only.
+    environment only. A reload swaps the config as a whole; a model it removed
+    keeps its old definition until :meth:`forget`, so it can still be put to sleep.
     """
 
     def __init__(self, config, tracker=None):
-        self.config = config  # replaced as a whole on reload, never mutated
+        self.config = config
         self.tracker = tracker  # told each hook's process group, for recovery after a crash
+        self._former: dict = {}  # removed model -> the config that still defines it
+
+    def update(self, config) -> None:
+        """Use ``config`` from the next hook run on."""
+        for name in self.config.models:
+            if name not in config.models:
+                self._former[name] = self.config
+        for name in config.models:
+            self._former.pop(name, None)
+        self.config = config
+
+    def forget(self, model: str) -> None:
+        self._former.pop(model, None)
+
+    def _config_of(self, model: str):
+        config = self.config
+        return config if model in config.models else self._former[model]
 
     def run(self, model: str, kind: str) -> HookResult:
-        config = self.config
+        config = self._config_of(model)
         spec = config.models[model]
         env = dict(os.environ)
         env.update(spec.env)
@@ -271,4 +289,4 @@ class HookRunner:
         )
 
     def ready_timeout(self, model: str) -> float:
-        return self.config.hook_timeout(model, "ready")
+        return self._config_of(model).hook_timeout(model, "ready")

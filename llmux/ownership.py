@@ -192,23 +192,33 @@ class StateRecorder(Observer):
             log.warning("cannot write the state file: %s", exc, extra={"event": "state_unwritable"})
 
 
-def reconcile(recorded: dict[str, str], models, run_hook) -> str | None:
-    """Probe the models a previous owner left not asleep; keep one, put the rest to sleep.
+def reconcile(
+    recorded: dict[str, str], models, run_hook, *, adopt: bool = False, prefer: str | None = None
+) -> str | None:
+    """Find the model that is awake at start; keep one, put every other live one to sleep.
 
-    ``run_hook(model, kind)`` returns a HookResult. The model that was awake is
-    preferred; a half-woken one is kept only if it alone is alive.
+    Probes with ``alive`` the models a previous owner left not asleep, or with
+    ``adopt`` every configured model (one started by hand, or by a service
+    manager). ``run_hook(model, kind)`` returns a HookResult. The model recorded
+    awake is preferred, then ``prefer`` (the preload), then config order; a
+    half-woken one is put to sleep unless it is the one kept.
     """
     candidates = [m for m, state in recorded.items() if m in models and state != "asleep"]
+    candidates.sort(key=lambda m: recorded[m] != "awake")  # the awake one first
+    if adopt:
+        rest = sorted(
+            (m for m in models if m not in candidates), key=lambda m: m != prefer
+        )  # stable: config order after the preload
+        candidates += rest
     if not candidates:
         return None
-    candidates.sort(key=lambda m: recorded[m] != "awake")  # the awake one first
     alive = [m for m in candidates if run_hook(m, "alive").ok]
     keep = alive[0] if alive else None
     for model in candidates:
-        if model != keep and (model in alive or recorded[model] in ("waking", "failed")):
+        if model != keep and (model in alive or recorded.get(model) in ("waking", "failed")):
             run_hook(model, "sleep")  # a second live model, or a half-started one
     log.info(
-        "found %s awake after a restart",
+        "found %s awake at start",
         keep or "no model",
         extra={"event": "reconciled", "model": keep, "probed": candidates, "alive": alive},
     )

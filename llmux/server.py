@@ -55,6 +55,7 @@ def gunicorn_settings(log_format: str | None = None) -> dict:
         "wsgi_app": "llmux.app:create_app()",
         "on_starting": check_settings,
         "post_worker_init": shut_down_on_sigterm,
+        "worker_exit": sleep_active_on_exit,
     }
 
 
@@ -137,6 +138,22 @@ def shut_down_on_sigterm(worker) -> None:
             previous(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_term)
+
+
+def sleep_active_on_exit(server, worker) -> None:
+    """gunicorn's ``worker_exit`` hook, run in the worker after its requests ended.
+
+    With ``shutdown.sleep_active`` the awake model's sleep hook runs here, so
+    it has what is left of ``graceful_timeout`` after the drain. gunicorn's
+    SIGHUP also ends the worker this way, so the model is put to sleep then too.
+    """
+    gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("llmux")
+    if gateway is None:
+        return
+    try:
+        gateway.sleep_on_exit()
+    except Exception:
+        log.exception("sleep on exit failed", extra={"event": "sleep_on_exit_failed"})
 
 
 class LlmuxServer(BaseApplication):

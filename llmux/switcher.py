@@ -22,6 +22,10 @@ that marks the model awake is what keeps a later switch from draining a model
 before its queued requests even started (the Rust llmux's endless switch loop).
 A waiter that times out or whose client leaves only takes itself out of the
 queue; it never starts or cancels a switch.
+
+A model can also be put to sleep with no switch behind it (:meth:`sleep`): by
+an operator, after ``idle_sleep_secs`` without requests, or because a reload
+removed it. That takes the same ``switching`` slot, so it never overlaps a switch.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -103,6 +107,9 @@ class _Model:
     in_flight: int = 0
     waiters: list[_Waiter] = field(default_factory=list)
     awake_since: float | None = None
+    last_used: float = 0.0  # when the last request ended, or it woke
+    idle_sleep_secs: float | None = None
+    removed: bool = False  # by a reload; forgotten once asleep
 
 
 class Ticket:
@@ -139,6 +146,7 @@ class Switcher:
         observer: Observer | None = None,
         costs: SwitchCosts | None = None,
         clock: Callable[[], float] = time.monotonic,
+        idle_sleep: Mapping[str, float | None] | None = None,
     ):
         self.hooks = hooks
         self.settings = settings or SwitchSettings()
@@ -148,13 +156,16 @@ class Switcher:
         self.clock = clock
         # Built here, after gevent patched threading, so the lock is cooperative.
         self._cond = threading.Condition(threading.Lock())
-        self._models = {name: _Model(name) for name in models}
+        idle_sleep = idle_sleep or {}
+        self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
         self._active: str | None = None
         self._switching = False
         self._closed = False
         self._backoff_until = 0.0
         self._wake_at: float | None = None
+        self._idle_watch: threading.Thread | None = None
         self.last_switch: dict | None = None
+        self._watch_idle_if_needed()
 
     # --- requests ---
 
@@ -176,7 +187,7 @@ class Switcher:
             if self._closed:
                 raise ShuttingDown("llmux is shutting down")
             m = self._models.get(model)
-            if m is None:
+            if m is None or m.removed:
                 raise ModelNotFound(model)
             if m.state == AWAKE and not m.waiters:
                 self._add_in_flight(m, 1)
@@ -249,6 +260,7 @@ class Switcher:
         m.in_flight += delta
         self.observer.in_flight_changed(m.name, m.in_flight)
         if m.in_flight == 0:
+            m.last_used = self.clock()
             self._cond.notify_all()  # a drain may be waiting for exactly this
             self._kick()
 
@@ -379,7 +391,7 @@ class Switcher:
                 self._finish_switch(source, target, started, ok=False, error=failure, phases=phases)
                 return
             self._set_state(m, AWAKE)
-            m.awake_since = self.clock()
+            m.awake_since = m.last_used = self.clock()
             self._active = target
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
@@ -423,12 +435,25 @@ class Switcher:
                 )
                 return False
         with self._cond:
-            self._set_state(m, ASLEEP)
-            self._active = None
-            if m.awake_since is not None:
-                self.observer.model_deactivated(source, self.clock() - m.awake_since)
-            m.awake_since = None
+            self._went_to_sleep(m)
         return True
+
+    def _went_to_sleep(self, m: _Model) -> None:
+        """``m`` is asleep now (lock held); a model a reload removed is forgotten here."""
+        self._set_state(m, ASLEEP)
+        if self._active == m.name:
+            self._active = None
+        if m.awake_since is not None:
+            self.observer.model_deactivated(m.name, self.clock() - m.awake_since)
+        m.awake_since = None
+        if m.removed:
+            self._forget(m)
+
+    def _forget(self, m: _Model) -> None:
+        del self._models[m.name]
+        forget = getattr(self.hooks, "forget", None)
+        if forget is not None:
+            forget(m.name)
 
     def _abandon_switch(
         self, source: str, target: str, started: float, error: LlmuxError, reason: str
@@ -499,26 +524,27 @@ class Switcher:
             "duration_secs": seconds,
             "phases": dict(phases or {}),
         }
-        self.observer.switch_finished(source, target, ok, seconds, error, ema)
+        self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
         self._switching = False
         self._kick()
         self._cond.notify_all()
 
     # --- outside knowledge: start-up and a backend that went away ---
 
-    def start(self, prepare: Callable[[], str | None]) -> None:
+    def start(self, prepare: Callable[[], str | None], preload: str | None = None) -> None:
         """Run ``prepare`` before anything else; it returns the model already awake.
 
         Used at start-up to take the right to run hooks and to learn, by probing,
-        which model a previous llmux left awake. Requests queue meanwhile.
+        which model a previous llmux left awake. Requests queue meanwhile. Then,
+        if no model is awake, ``preload`` is woken as if a request had asked.
         """
         with self._cond:
             self._switching = True
         threading.Thread(
-            target=self._run_start, args=(prepare,), name="llmux-start", daemon=True
+            target=self._run_start, args=(prepare, preload), name="llmux-start", daemon=True
         ).start()
 
-    def _run_start(self, prepare: Callable[[], str | None]) -> None:
+    def _run_start(self, prepare: Callable[[], str | None], preload: str | None) -> None:
         awake = None
         try:
             awake = prepare()
@@ -528,11 +554,17 @@ class Switcher:
             if awake in self._models:
                 m = self._models[awake]
                 self._set_state(m, AWAKE)
-                m.awake_since = self.clock()
+                m.awake_since = m.last_used = self.clock()
                 self._active = awake
-            self._switching = False
-            self._kick()
-            self._cond.notify_all()
+            if awake is None and preload in self._models and not self._closed:
+                log.info("preloading %s", preload, extra={"event": "preload", "model": preload})
+            else:
+                preload = None
+                self._switching = False
+                self._kick()
+                self._cond.notify_all()
+        if preload is not None:
+            self._run_switch(preload)  # still holds the switching slot taken in start()
 
     def backend_unreachable(self, model: str) -> None:
         """A request could not connect to ``model``'s backend: is the model still alive?
@@ -561,14 +593,136 @@ class Switcher:
                         model,
                         extra={"event": "backend_lost", "model": model},
                     )
-                    self._set_state(m, ASLEEP)
-                    self._active = None
-                    if m.awake_since is not None:
-                        self.observer.model_deactivated(model, self.clock() - m.awake_since)
-                    m.awake_since = None
+                    self._went_to_sleep(m)
                 self._switching = False
                 self._kick()
                 self._cond.notify_all()
+
+    # --- putting a model to sleep with no switch behind it ---
+
+    def sleep(self, model: str, *, reason: str = "admin", timeout: float = 60.0) -> str:
+        """Drain ``model`` if it is awake and run its ``sleep`` hook; return its state after.
+
+        Waits up to ``timeout`` for a running switch to end first. Requests that
+        arrive meanwhile queue, and wake the model again once it is asleep.
+        """
+        deadline = self.clock() + timeout
+        with self._cond:
+            m = self._models.get(model)
+            if m is None or m.removed and reason != "reload":
+                raise ModelNotFound(model)
+            while self._switching:
+                left = deadline - self.clock()
+                if left <= 0:
+                    raise SwitchTimeout(
+                        f"a switch was still running after {timeout:g}s; '{model}' was not "
+                        "put to sleep",
+                        retry_after=1,
+                    )
+                self._cond.wait(min(left, MAX_WAIT_SECS))
+            if self._active != model:
+                return m.state
+            self._switching = True
+        return self._retire(model, reason)
+
+    def _retire(self, model: str, reason: str) -> str:
+        """Drain and sleep the active ``model`` (the switching slot is held)."""
+        m = self._models[model]
+        started = self.clock()
+        error = ""
+        try:
+            with self._cond:
+                self._set_state(m, DRAINING)
+            if not self._drain(model):
+                error = "drain timed out"
+            else:
+                with self._cond:
+                    self._set_state(m, SLEEPING)
+                result = self._run_hook(model, "sleep")
+                if not result.ok and self._run_hook(model, "alive").ok:
+                    error = f"sleep hook failed and the model is still alive: {result.describe()}"
+        except Exception:
+            log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
+            error = "internal error"
+        with self._cond:
+            if error:
+                self._set_state(m, AWAKE)
+                self._admit_all(m)
+            else:
+                self._went_to_sleep(m)
+            took = self.clock() - started
+            self.observer.model_put_to_sleep(model, reason, not error, took, error)
+            self._switching = False
+            self._kick()
+            self._cond.notify_all()
+            return m.state
+
+    def _watch_idle_if_needed(self) -> None:
+        """Start the idle watcher once some model has an idle time (lock held or unshared)."""
+        wanted = any(m.idle_sleep_secs for m in self._models.values())
+        if wanted and self._idle_watch is None:
+            self._idle_watch = threading.Thread(
+                target=self._watch_idle, name="llmux-idle", daemon=True
+            )
+            self._idle_watch.start()
+
+    def _watch_idle(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                model, pause = self._idle_due(self.clock())
+                if model is None:
+                    self._cond.wait(pause)
+                    continue
+                self._switching = True  # taken in the same critical section as the check
+            self._retire(model, "idle")
+
+    def _idle_due(self, now: float) -> tuple[str | None, float]:
+        """The active model if its idle time is over, else how long to wait (lock held)."""
+        m = self._models.get(self._active) if self._active else None
+        if m is None or self._switching or not m.idle_sleep_secs:
+            return None, MAX_WAIT_SECS
+        if m.in_flight or any(other.waiters for other in self._models.values()):
+            return None, MAX_WAIT_SECS
+        due = m.last_used + m.idle_sleep_secs
+        if now >= due:
+            return m.name, 0.0
+        return None, min(MAX_WAIT_SECS, due - now)
+
+    # --- a reloaded config ---
+
+    def reconfigure(
+        self, idle_sleep: Mapping[str, float | None], settings: SwitchSettings | None = None
+    ) -> list[str]:
+        """Take a new model set (name -> idle time); return the removed models still awake.
+
+        Added models start asleep. A removed model's queued requests get 404;
+        an asleep one is forgotten at once, an awake one once it is put to sleep
+        (by :meth:`sleep` with ``reason="reload"``, or by the next switch).
+        """
+        with self._cond:
+            if settings is not None:
+                self.settings = settings
+            for name, secs in idle_sleep.items():
+                m = self._models.get(name)
+                if m is None:
+                    self._models[name] = _Model(name, idle_sleep_secs=secs)
+                    self.observer.state_changed(name, ASLEEP)
+                else:
+                    m.idle_sleep_secs, m.removed = secs, False
+            still_awake = []
+            for m in [m for n, m in self._models.items() if n not in idle_sleep]:
+                m.removed = True
+                self._fail_waiters(m, ModelNotFound(m.name, removed=True), "removed")
+                if m.state in (ASLEEP, FAILED) and self._active != m.name:
+                    self._forget(m)
+                else:
+                    still_awake.append(m.name)
+            self._watch_idle_if_needed()
+            self._kick()
+            self._cond.notify_all()
+            return still_awake
 
     # --- inspection and shutdown ---
 
@@ -584,14 +738,24 @@ class Switcher:
                         "in_flight": m.in_flight,
                         "queued": len(m.waiters),
                         "oldest_wait_secs": (now - m.waiters[0].since) if m.waiters else 0.0,
+                        "idle_secs": (now - m.last_used)
+                        if m.state == AWAKE and not m.in_flight
+                        else None,
+                        "idle_sleep_secs": m.idle_sleep_secs,
                     }
                     for n, m in self._models.items()
                 },
+                "last_switch": self.last_switch,
+                "switch_costs": [
+                    {"from": a, "to": b, "ema_secs": secs}
+                    for (a, b), secs in sorted(self.costs.snapshot().items())
+                ],
             }
 
     def state(self, model: str) -> str:
         with self._cond:
-            return self._models[model].state
+            m = self._models.get(model)
+            return m.state if m is not None else ASLEEP
 
     def close(self) -> None:
         """Refuse new requests and fail every queued one with ``shutting_down``."""

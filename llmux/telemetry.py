@@ -117,13 +117,24 @@ class Metrics(Observer):
             ["model", "hook"],
             registry=r,
         )
+        self.sleeps = Counter(
+            "llmux_model_sleeps_total",
+            "Models put to sleep with no switch behind them (admin, idle, reload, shutdown)",
+            ["model", "reason", "result"],
+            registry=r,
+        )
         self.model_state = Gauge(
             "llmux_model_state", "1 for the state each model is in", ["model", "state"], registry=r
         )
         Info("llmux_build", "llmux version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        for model in sorted(self.models):
+        self.add_models(sorted(self.models))
+
+    def add_models(self, models: Iterable[str]) -> None:
+        """Give every per-model series a first sample (at start, and for a reload's new models)."""
+        for model in models:
+            self.models.add(model)
             self.state_changed(model, "asleep")
             self.queue_depth.labels(model).set(0)
             self.in_flight.labels(model).set(0)
@@ -168,7 +179,10 @@ class Metrics(Observer):
     def model_deactivated(self, model, active_seconds):
         self.active_duration.labels(model).observe(active_seconds)
 
-    def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None):
+    def model_put_to_sleep(self, model, reason, ok, seconds, error=""):
+        self.sleeps.labels(model, reason, "success" if ok else "failure").inc()
+
+    def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None, phases=None):
         source = from_model or IDLE
         self.switch_total.labels(source, to_model, "success" if ok else "failure").inc()
         if ok:

@@ -37,7 +37,13 @@ def free_port() -> int:
 
 class Llmux:
     def __init__(
-        self, directory: Path, config: dict, extra_args=(), env=None, log_name="llmux.log"
+        self,
+        directory: Path,
+        config: dict,
+        extra_args=(),
+        env=None,
+        log_name="llmux.log",
+        prestart=(),
     ):
         self.dir = directory
         self.port = config["port"]
@@ -48,6 +54,9 @@ class Llmux:
         self.stderr_path = directory / log_name
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives as long as llmux
         full_env = dict(os.environ, LLMUX_TEST_DIR=str(directory), **(env or {}))
+        for model in prestart:  # backends already up before llmux starts (adoption)
+            self._run_hook_by_hand(model, "wake", full_env, config)
+        (directory / "events.log").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmux", "serve", "-c", str(self.config_path), *extra_args],
             stdout=self._stderr,
@@ -57,6 +66,40 @@ class Llmux:
         )
         self.session = requests.Session()
         self._wait_healthy()
+
+    def _run_hook_by_hand(self, model, kind, env, config) -> None:
+        spec = config["models"][model]
+        hook_env = dict(
+            env,
+            LLMUX_MODEL=model,
+            LLMUX_PORT=str(spec["port"]),
+            LLMUX_PYTHON=sys.executable,
+            **spec.get("env", {}),
+        )
+        subprocess.run([str(HOOK), kind], env=hook_env, cwd=self.dir, check=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", spec["port"])) == 0:
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"backend of {model} did not start")
+
+    def admin(self, method, path, token=None, **kw):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        kw.setdefault("timeout", 30)
+        return requests.request(method, self.url + "/llmux" + path, headers=headers, **kw)
+
+    def status(self, token=None) -> dict:
+        r = self.admin("GET", "/status", token)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def rewrite_config(self, change) -> None:
+        """Edit the config file in place: ``change(config_dict)``."""
+        config = yaml.safe_load(self.config_path.read_text())
+        change(config)
+        self.config_path.write_text(yaml.safe_dump(config))
 
     def _wait_healthy(self, timeout=20.0):
         deadline = time.monotonic() + timeout
@@ -217,7 +260,9 @@ def model_entry(port: int, **env) -> dict:
 def llmux_factory(tmp_path):
     started: list[Llmux] = []
 
-    def start(models=("a", "b", "c"), *, model_env=None, extra_args=(), env=None, **sections):
+    def start(
+        models=("a", "b", "c"), *, model_env=None, extra_args=(), env=None, prestart=(), **sections
+    ):
         ports: set[int] = set()
         while len(ports) < len(models) + 1:  # two picks of a free port may coincide
             ports.add(free_port())
@@ -244,7 +289,7 @@ def llmux_factory(tmp_path):
                 config[key] = value
         directory = tmp_path / f"llmux{len(started)}"
         directory.mkdir()
-        server = Llmux(directory, config, extra_args, env)
+        server = Llmux(directory, config, extra_args, env, prestart=prestart)
         started.append(server)
         return server
 

@@ -11,6 +11,8 @@ import psutil
 import pytest
 import requests
 
+from tests.helpers import wait_for
+
 from .conftest import Llmux, assert_one_awake, free_port, process_alive
 
 pytestmark = pytest.mark.e2e
@@ -30,13 +32,6 @@ def awake_backends(server: Llmux) -> set[str]:
         if "llmux.fake_backend" in cmd and str(server.dir) in " ".join(cmd):
             found.add(cmd[cmd.index("--model") + 1])
     return found
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_f21_a_stream_longer_than_graceful_timeout_is_cut(llmux_factory, tmp_path):
