@@ -243,3 +243,48 @@ def test_rust_llmux_configs_load_unchanged(tmp_path):
     c = load_config(write(tmp_path, RUST_YAML))
     assert c.models["llama"].wake.startswith("docker start llama\n")
     assert c.policy.request_timeout_secs == 300 and c.policy.policy_type == "fifo"
+
+
+def test_operations_sections(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMUX_ADMIN_TOKEN", raising=False)
+    c = load_config(write(tmp_path, MINIMAL))
+    assert c.admin_token() is None and c.idle_sleep_secs("llama") is None
+    assert (c.startup.preload, c.startup.adopt, c.shutdown.sleep_active) == (None, False, False)
+    c = load_config(
+        write(
+            tmp_path,
+            MINIMAL
+            + """
+  qwen: {port: 8002, wake: w, sleep: s, alive: a, idle_sleep_secs: 0}
+policy: {idle_sleep_secs: 600}
+admin: {token: t0k}
+startup: {preload: qwen, adopt: true}
+shutdown: {sleep_active: true}
+""",
+        )
+    )
+    assert c.idle_sleep_secs("llama") == 600 and c.idle_sleep_secs("qwen") is None
+    assert c.admin_token() == "t0k"
+    assert (c.startup.preload, c.startup.adopt, c.shutdown.sleep_active) == ("qwen", True, True)
+    monkeypatch.setenv("LLMUX_ADMIN_TOKEN", "from-env")
+    assert load_config(write(tmp_path, MINIMAL)).admin_token() == "from-env"
+
+
+def test_operations_problems(tmp_path):
+    found = problems(
+        tmp_path,
+        MINIMAL
+        + """
+policy: {idle_sleep_secs: 0}
+admin: {token: ""}
+startup: {preload: ghost, adopt: "yes"}
+shutdown: {sleep_active: 1}
+""",
+    )
+    assert sorted(found) == [
+        'admin.token: expected a non-empty string, got ""',
+        "policy.idle_sleep_secs: expected a number of seconds > 0, got 0",
+        "shutdown.sleep_active: expected true or false, got 1",
+        'startup.adopt: expected true or false, got "yes"',
+        'startup.preload: "ghost" is not a configured model',
+    ]
