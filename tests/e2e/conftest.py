@@ -263,16 +263,22 @@ def llmux_factory(tmp_path):
     def start(
         models=("a", "b", "c"), *, model_env=None, extra_args=(), env=None, prestart=(), **sections
     ):
-        ports: set[int] = set()
-        while len(ports) < len(models) + 1:  # two picks of a free port may coincide
-            ports.add(free_port())
-        listen, *backends = sorted(ports)
-        config = {
-            "port": listen,
-            "models": {
+        if isinstance(models, dict):  # given entries, ports included
+            taken = {entry["port"] for entry in models.values()}
+            listen = next(p for p in iter(free_port, None) if p not in taken)
+            entries = models
+        else:
+            ports: set[int] = set()
+            while len(ports) < len(models) + 1:  # two picks of a free port may coincide
+                ports.add(free_port())
+            listen, *backends = sorted(ports)
+            entries = {
                 name: model_entry(port, **(model_env or {}))
                 for name, port in zip(models, backends, strict=True)
-            },
+            }
+        config = {
+            "port": listen,
+            "models": entries,
             "hooks": {
                 "wake_timeout": 10,
                 "sleep_timeout": 10,

@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2034
 # Shared by the llama.cpp hooks: where things are and how to stop a server.
 # LLMUX_REAL_DIR is where install.sh put the servers and the model.
 REAL_DIR=${LLMUX_REAL_DIR:-$HOME/.cache/llmux-real}
@@ -9,7 +10,11 @@ running() {  # a zombie waiting to be reaped is not running
     [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" != Z ]
 }
 
-probe() {  # exit 0 when GET http://127.0.0.1:$LLMUX_PORT$1 answers 200; no curl needed
+probe() {  # exit 0 when GET http://127.0.0.1:$LLMUX_PORT$1 answers 200
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$LLMUX_PORT$1" 2>/dev/null
+        return
+    fi
     "$REAL_DIR/venv/bin/python" -c '
 import sys, urllib.request
 try:

@@ -2,6 +2,9 @@
 # Start a llama.cpp server for $LLMUX_MODEL on $LLMUX_PORT and wait until it answers.
 #   LLAMA_KIND=server  the C++ llama-server (default)
 #   LLAMA_KIND=python  llama-cpp-python's llama_cpp.server
+#   LLAMA_SERVER_BIN   the llama-server binary (default: the one install.sh built)
+#   LLAMA_GGUF         the model file (default: the one install.sh fetched)
+#   LLAMA_ARGS         more server options, e.g. "-ngl 99 -c 8192"
 # The server runs detached in a process group of its own (setsid), its output in
 # run/llama-PORT.log, its pid in run/llama-PORT.pid. Idempotent.
 set -eu
@@ -13,9 +16,10 @@ fi
 model=${LLAMA_GGUF:-$(cat "$REAL_DIR/model.path")}
 threads=${LLAMA_THREADS:-2}
 if [ "${LLAMA_KIND:-server}" = server ]; then
-    setsid "$REAL_DIR/llama-server/bin/llama-server" -m "$model" --alias "$LLMUX_MODEL" \
-        --host 127.0.0.1 --port "$LLMUX_PORT" -c 2048 --parallel 2 -t "$threads" \
-        >"$LOGFILE" 2>&1 </dev/null &
+    # shellcheck disable=SC2086 # LLAMA_ARGS is a list of options
+    setsid "${LLAMA_SERVER_BIN:-$REAL_DIR/llama-server/bin/llama-server}" -m "$model" \
+        --alias "$LLMUX_MODEL" --host 127.0.0.1 --port "$LLMUX_PORT" -c 2048 --parallel 2 \
+        -t "$threads" ${LLAMA_ARGS:-} >"$LOGFILE" 2>&1 </dev/null &
 else
     setsid "$REAL_DIR/venv/bin/python" -m llama_cpp.server --model "$model" \
         --model_alias "$LLMUX_MODEL" --host 127.0.0.1 --port "$LLMUX_PORT" --n_ctx 2048 \
