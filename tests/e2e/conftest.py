@@ -54,9 +54,10 @@ class Llmux:
         self.stderr_path = directory / log_name
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives as long as llmux
         full_env = dict(os.environ, LLMUX_TEST_DIR=str(directory), **(env or {}))
-        for model in prestart:  # backends already up before llmux starts (adoption)
-            self._run_hook_by_hand(model, "wake", full_env, config)
-        (directory / "events.log").unlink(missing_ok=True)
+        if prestart:  # backends already up before llmux starts (adoption); their wakes unlogged
+            for model in prestart:
+                self._run_hook_by_hand(model, "wake", full_env, config)
+            (directory / "events.log").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmux", "serve", "-c", str(self.config_path), *extra_args],
             stdout=self._stderr,

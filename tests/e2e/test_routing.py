@@ -102,7 +102,7 @@ def test_models_listing(llmux_factory):
     assert r.json() == {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "llmux"}
+            {"id": name, "object": "model", "created": 0, "owned_by": "llmux", "state": "asleep"}
             for name in ("alpha", "org/model-1", "zeta")
         ],
     }
