@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import select
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -33,6 +35,8 @@ from .errors import (
     UnsupportedMediaType,
     clip,
 )
+
+log = logging.getLogger("llmux.inbound")
 
 ROUTED_PATHS = (
     "/v1/chat/completions",
@@ -179,30 +183,73 @@ class ClientWatch:
     A client that leaves is otherwise noticed only when the next chunk is
     written to it; while a backend processes a long prompt or stalls, nothing
     is written, the backend keeps working for nobody and the model's drain
-    waits. One thread (a greenlet under gevent) per response polls the socket.
+    waits. One thread (a greenlet under gevent) polls every watched response
+    each ``every`` seconds; a thread per response cost more than the rest of
+    a short request.
     """
 
-    def __init__(self, gone: Callable[[], bool], on_gone: Callable[[], None], every: float):
-        self.fired = False
-        self._stop = threading.Event()
-        self._gone, self._on_gone, self._every = gone, on_gone, every
-        threading.Thread(target=self._run, name="llmux-client-watch", daemon=True).start()
+    __slots__ = ("fired", "_gone", "_on_gone")
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            if self._gone():
-                self.fired = True
-                self._on_gone()
-                return
+    def __init__(self, gone: Callable[[], bool], on_gone: Callable[[], None]):
+        self.fired = False
+        self._gone, self._on_gone = gone, on_gone
+        _WATCHER.add(self)
+
+    def check(self) -> bool:
+        """Probe once; True (and ``on_gone`` called) if the client left."""
+        if self._gone():
+            self.fired = True
+            self._on_gone()
+            return True
+        return False
 
     def stop(self) -> None:
-        self._stop.set()
+        _WATCHER.discard(self)
 
 
-def watch_client(environ: dict, on_gone: Callable[[], None], every: float = 1.0):
+class _Watcher:
+    """The one thread behind every :class:`ClientWatch`, started on first use."""
+
+    def __init__(self, every: float = 1.0):
+        self.every = every
+        self._watches: set[ClientWatch] = set()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def add(self, watch: ClientWatch) -> None:
+        with self._lock:
+            self._watches.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="llmux-client-watch", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, watch: ClientWatch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.every)
+            with self._lock:
+                watches = list(self._watches)
+            for watch in watches:
+                try:
+                    if watch.check():
+                        self.discard(watch)
+                except Exception:  # one broken watch must not stop the others
+                    log.exception("client watch failed", extra={"event": "client_watch_failed"})
+                    self.discard(watch)
+
+
+_WATCHER = _Watcher()
+
+
+def watch_client(environ: dict, on_gone: Callable[[], None]) -> ClientWatch | None:
     """A :class:`ClientWatch` for this request, or None where the socket is unknown."""
     gone = client_gone_probe(environ)
-    return None if gone is None else ClientWatch(gone, on_gone, every)
+    return None if gone is None else ClientWatch(gone, on_gone)
 
 
 def stop_reading(environ: dict) -> None:
