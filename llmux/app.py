@@ -280,6 +280,7 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
 
     @app.before_request
     def tag_request():
+        inbound.send_without_delay(request.environ)
         logs.request_id.set(request_id_from(request.headers.get("X-Request-Id")))
 
     @app.after_request

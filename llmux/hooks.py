@@ -21,12 +21,13 @@ patched, so a running hook never blocks other requests.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from .polling import readable
 
 TAIL_BYTES = 64 * 1024
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
@@ -144,7 +145,7 @@ def _pump_until_exit(proc: subprocess.Popen, tails: dict[int, _Tail], deadline: 
             return False
         if open_fds:
             # Both pipes at EOF usually means the shell exited; then wait() is immediate.
-            ready, _, _ = select.select(open_fds, [], [], min(left, pause))
+            ready = readable(open_fds, min(left, pause))
             for fd in ready:
                 data = _read(fd)
                 if data:
@@ -166,7 +167,7 @@ def _drain_ready(tails: dict[int, _Tail]) -> None:
     """Collect what is already in the pipes without waiting for background writers."""
     fds = list(tails)
     while fds:
-        ready, _, _ = select.select(fds, [], [], 0)
+        ready = readable(fds, 0)
         if not ready:
             return
         for fd in ready:
