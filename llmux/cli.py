@@ -158,9 +158,7 @@ def status(config_file, url, token, as_json):
 @_admin_options
 def wake(model, config_file, url, token, as_json):
     """Wake MODEL (like a request for it would) and wait until it is awake."""
-    client = _admin_client(config_file, url, token)
-    path = f"/llmux/models/{quote(model, safe='')}/wake"
-    _admin_call(client, "POST", path, as_json, lambda a: f"{a['model']}: {a['state']}", 3600)
+    _model_action("wake", model, config_file, url, token, as_json)
 
 
 @main.command()
@@ -168,8 +166,12 @@ def wake(model, config_file, url, token, as_json):
 @_admin_options
 def sleep(model, config_file, url, token, as_json):
     """Drain MODEL and run its sleep hook."""
+    _model_action("sleep", model, config_file, url, token, as_json)
+
+
+def _model_action(action, model, config_file, url, token, as_json) -> None:
     client = _admin_client(config_file, url, token)
-    path = f"/llmux/models/{quote(model, safe='')}/sleep"
+    path = f"/llmux/models/{quote(model, safe='')}/{action}"
     _admin_call(client, "POST", path, as_json, lambda a: f"{a['model']}: {a['state']}", 3600)
 
 
