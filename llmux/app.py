@@ -17,7 +17,6 @@ turned into the OpenAI error envelope in :func:`error_response`, and nowhere els
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from .hooks import HookRunner
 from .ownership import Ownership, StateRecorder, reconcile
 from .proxy import BackendUnreachable, Upstream, UpstreamAborted, filter_headers
 from .reloading import Reloader
+from .server import is_loopback
 from .switcher import Switcher, SwitchSettings
 from .telemetry import Metrics
 
@@ -99,7 +99,7 @@ class Gateway:
         if token is not None:
             if not _bearer_matches(header, [token]):
                 raise Unauthorized("missing or invalid admin token")
-        elif not _is_loopback(remote_addr):
+        elif not is_loopback(remote_addr):
             raise Forbidden(
                 "the admin API answers only on loopback unless admin.token "
                 "(or LLMUX_ADMIN_TOKEN) is set"
@@ -225,13 +225,6 @@ def _bearer_matches(header: str | None, secrets) -> bool:
     for secret in secrets:
         matched |= hmac.compare_digest(presented, secret.encode())
     return matched
-
-
-def _is_loopback(address: str | None) -> bool:
-    try:
-        return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def error_response(error: LlmuxError) -> Response:

@@ -98,7 +98,7 @@ def check_settings(arbiter) -> None:
         return
     for bind in arbiter.cfg.bind:
         host = bind.rsplit(":", 1)[0].strip("[]")
-        if not _is_loopback(host) and not config.api_keys:
+        if not is_loopback(host) and not config.api_keys:
             arbiter.log.warning(
                 "llmux listens on %s without api_keys: anyone who can reach it can make it "
                 "run hooks and use the models",
@@ -106,12 +106,14 @@ def check_settings(arbiter) -> None:
             )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """A listen address or a client's address that never leaves the machine."""
+    host = host or ""
     if host == "localhost" or host.startswith("unix:"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name or "" (every interface)
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name or "" (every interface, or no address)
         return False
 
 

@@ -414,11 +414,8 @@ class Switcher:
     def _put_to_sleep(self, source: str, target: str, started: float) -> bool:
         """Run ``sleep`` on the old model; False (switch abandoned) if it stays alive."""
         m = self._models[source]
-        with self._cond:
-            self._set_state(m, SLEEPING)
-        result = self._run_hook(source, "sleep")
+        result, still_alive = self._run_sleep_hook(m)
         if not result.ok:
-            still_alive = self._run_hook(source, "alive").ok
             with self._cond:
                 self.observer.sleep_hook_failed(source, target, result.describe(), still_alive)
             if still_alive:
@@ -437,6 +434,13 @@ class Switcher:
         with self._cond:
             self._went_to_sleep(m)
         return True
+
+    def _run_sleep_hook(self, m: _Model) -> tuple[HookResult, bool]:
+        """Run ``m``'s sleep hook; if it failed, also whether ``alive`` says it still runs."""
+        with self._cond:
+            self._set_state(m, SLEEPING)
+        result = self._run_hook(m.name, "sleep")
+        return result, not result.ok and self._run_hook(m.name, "alive").ok
 
     def _went_to_sleep(self, m: _Model) -> None:
         """``m`` is asleep now (lock held); a model a reload removed is forgotten here."""
@@ -525,6 +529,10 @@ class Switcher:
             "phases": dict(phases or {}),
         }
         self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        """The switch, sleep, start-up or recheck is over: the policy picks next (lock held)."""
         self._switching = False
         self._kick()
         self._cond.notify_all()
@@ -560,9 +568,7 @@ class Switcher:
                 log.info("preloading %s", preload, extra={"event": "preload", "model": preload})
             else:
                 preload = None
-                self._switching = False
-                self._kick()
-                self._cond.notify_all()
+                self._free_slot()
         if preload is not None:
             self._run_switch(preload)  # still holds the switching slot taken in start()
 
@@ -594,9 +600,7 @@ class Switcher:
                         extra={"event": "backend_lost", "model": model},
                     )
                     self._went_to_sleep(m)
-                self._switching = False
-                self._kick()
-                self._cond.notify_all()
+                self._free_slot()
 
     # --- putting a model to sleep with no switch behind it ---
 
@@ -636,10 +640,8 @@ class Switcher:
             if not self._drain(model):
                 error = "drain timed out"
             else:
-                with self._cond:
-                    self._set_state(m, SLEEPING)
-                result = self._run_hook(model, "sleep")
-                if not result.ok and self._run_hook(model, "alive").ok:
+                result, still_alive = self._run_sleep_hook(m)
+                if still_alive:
                     error = f"sleep hook failed and the model is still alive: {result.describe()}"
         except Exception:
             log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
@@ -652,9 +654,7 @@ class Switcher:
                 self._went_to_sleep(m)
             took = self.clock() - started
             self.observer.model_put_to_sleep(model, reason, not error, took, error)
-            self._switching = False
-            self._kick()
-            self._cond.notify_all()
+            self._free_slot()
             return m.state
 
     def _watch_idle_if_needed(self) -> None:

@@ -68,18 +68,23 @@ def test_l1_storm_of_200_requests_over_three_models(llmux_factory):
             assert sha[hit["x_body_sha256"]] == model
 
 
+def concurrent_chats(server, model: str, n: int, timeout: float) -> list:
+    """``n`` requests for ``model`` at once, each on its own connection; their answers."""
+    with ThreadPoolExecutor(n) as pool:
+        return list(
+            pool.map(
+                lambda _: requests.post(
+                    server.url + "/v1/chat/completions", json={"model": model}, timeout=timeout
+                ),
+                range(n),
+            )
+        )
+
+
 def test_l2_fifty_requests_for_a_cold_model_make_one_wake(llmux_factory):
     server = llmux_factory(model_env={"HOOK_WAKE_SECS": 0.3})
     assert server.chat("a").status_code == 200
-    with ThreadPoolExecutor(50) as pool:
-        rs = list(
-            pool.map(
-                lambda _: requests.post(
-                    server.url + "/v1/chat/completions", json={"model": "b"}, timeout=60
-                ),
-                range(50),
-            )
-        )
+    rs = concurrent_chats(server, "b", 50, timeout=60)
     assert [r.status_code for r in rs] == [200] * 50
     assert server.hook_runs() == [("wake", "a"), ("sleep", "a"), ("wake", "b")]
     assert len(server.backend_pids()) == 1
@@ -160,15 +165,7 @@ def test_l7_same_model_requests_run_in_parallel(llmux_factory):
     server = llmux_factory(model_env={"FAKE_ARGS": "--latency-ms 300"})
     assert server.chat("a").status_code == 200
     started = time.monotonic()
-    with ThreadPoolExecutor(100) as pool:
-        rs = list(
-            pool.map(
-                lambda _: requests.post(
-                    server.url + "/v1/chat/completions", json={"model": "a"}, timeout=30
-                ),
-                range(100),
-            )
-        )
+    rs = concurrent_chats(server, "a", 100, timeout=30)
     took = time.monotonic() - started
     assert [r.status_code for r in rs] == [200] * 100
     assert took < 5, f"100 x 300 ms took {took:.1f}s: requests were serialised"
