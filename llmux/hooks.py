@@ -12,7 +12,9 @@ after ``kill_grace``. We wait for the shell to exit, not for its pipes to close:
 a hook that starts a daemon in the background returns as soon as the shell does
 (``subprocess.run(timeout=)`` would wait for the daemon's copy of the pipe, see
 docs in ``python-stack.md`` §2). Output is read as it comes and only the last
-64 KiB of each stream is kept.
+64 KiB of each stream is kept. Pipes the daemon still holds are not closed under
+it (its next log line would get SIGPIPE): :class:`~llmux.hook_output.OutputKeeper`
+reads them on until end of file, or until the model's next sleep succeeds.
 
 Under gunicorn's gevent worker, ``subprocess``, ``select`` and ``time`` are
 patched, so a running hook never blocks other requests.
@@ -27,9 +29,10 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .hook_output import TAIL_BYTES, OutputKeeper, Tail, read_some
 from .polling import readable
 
-TAIL_BYTES = 64 * 1024
+__all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "run_hook"]
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
 
 
@@ -58,22 +61,6 @@ class HookResult:
         return f"{what}: {tail}" if tail else what
 
 
-class _Tail:
-    """Keeps the last ``limit`` bytes written to it."""
-
-    def __init__(self, limit: int = TAIL_BYTES):
-        self.limit = limit
-        self.buf = bytearray()
-
-    def add(self, data: bytes) -> None:
-        self.buf += data
-        if len(self.buf) > 2 * self.limit:
-            del self.buf[: len(self.buf) - self.limit]
-
-    def text(self) -> str:
-        return bytes(self.buf[-self.limit :]).decode("utf-8", "replace")
-
-
 def run_hook(
     snippet: str,
     *,
@@ -83,8 +70,15 @@ def run_hook(
     cwd: str | None = None,
     env: dict[str, str] | None = None,
     tracker=None,
+    keeper: OutputKeeper | None = None,
+    owner: str = "",
 ) -> HookResult:
-    """Run one hook; ``tracker.spawned(pgid)``/``tracker.exited(pgid)`` bracket its life."""
+    """Run one hook; ``tracker.spawned(pgid)``/``tracker.exited(pgid)`` bracket its life.
+
+    Output pipes still held open by background processes once the shell has
+    exited go to ``keeper`` under ``owner``, which reads them to the end;
+    without a keeper they are closed (and such a process may get SIGPIPE).
+    """
     start = time.monotonic()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -105,22 +99,27 @@ def run_hook(
         return HookResult(hook, None, time.monotonic() - start, error=str(exc))
     os.close(out_w)
     os.close(err_w)
-    tails = {out_r: _Tail(), err_r: _Tail()}
+    tails = {out_r: Tail(), err_r: Tail()}
+    still_open = set(tails)  # not at end of file yet
     timed_out = False
     if tracker is not None:
         tracker.spawned(proc.pid)
     try:
         deadline = start + timeout
-        if not _pump_until_exit(proc, tails, deadline):
+        if not _pump_until_exit(proc, tails, still_open, deadline):
             timed_out = True
-            _terminate_group(proc, tails, kill_grace)
-        _drain_ready(tails)
+            _terminate_group(proc, tails, still_open, kill_grace)
+        _drain_ready(tails, still_open)
     finally:
-        for fd in tails:
-            os.close(fd)
         if proc.returncode is None:  # only on an exception above: never leave a zombie
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        kept = still_open if keeper is not None else set()
+        if kept:  # a background process still holds them: read on, never close under it
+            keeper.adopt(owner, kept)
+        for fd in tails:
+            if fd not in kept:
+                os.close(fd)
         if tracker is not None:
             tracker.exited(proc.pid)
     return HookResult(
@@ -133,9 +132,13 @@ def run_hook(
     )
 
 
-def _pump_until_exit(proc: subprocess.Popen, tails: dict[int, _Tail], deadline: float) -> bool:
-    """Read output until the shell exits (True) or the deadline passes (False)."""
-    open_fds = list(tails)
+def _pump_until_exit(
+    proc: subprocess.Popen, tails: dict[int, Tail], still_open: set[int], deadline: float
+) -> bool:
+    """Read output until the shell exits (True) or the deadline passes (False).
+
+    Descriptors that reach end of file are taken out of ``still_open``.
+    """
     pause = _POLL_MIN
     while True:
         if proc.poll() is not None:
@@ -143,16 +146,16 @@ def _pump_until_exit(proc: subprocess.Popen, tails: dict[int, _Tail], deadline: 
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        if open_fds:
+        if still_open:
             # Both pipes at EOF usually means the shell exited; then wait() is immediate.
-            ready = readable(open_fds, min(left, pause))
+            ready = readable(list(still_open), min(left, pause))
             for fd in ready:
-                data = _read(fd)
+                data = read_some(fd)
                 if data:
                     tails[fd].add(data)
                     pause = _POLL_MIN
                 elif data is not None:
-                    open_fds.remove(fd)
+                    still_open.discard(fd)
             if not ready:
                 pause = min(pause * 2, _POLL_MAX)
         else:
@@ -163,37 +166,31 @@ def _pump_until_exit(proc: subprocess.Popen, tails: dict[int, _Tail], deadline: 
                 return False
 
 
-def _drain_ready(tails: dict[int, _Tail]) -> None:
+def _drain_ready(tails: dict[int, Tail], still_open: set[int]) -> None:
     """Collect what is already in the pipes without waiting for background writers."""
-    fds = list(tails)
+    fds = list(still_open)
     while fds:
         ready = readable(fds, 0)
         if not ready:
             return
         for fd in ready:
-            data = _read(fd)
+            data = read_some(fd)
             if data:
                 tails[fd].add(data)
-            else:  # end of file, or a spurious wake-up: either way, nothing more now
-                fds.remove(fd)
+                continue
+            if data is not None:  # end of file
+                still_open.discard(fd)
+            fds.remove(fd)  # end of file, or a spurious wake-up: either way, nothing more now
 
 
-def _read(fd: int) -> bytes | None:
-    """Bytes read, ``b""`` at end of file, ``None`` when nothing is there after all."""
-    try:
-        return os.read(fd, 65536)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""
-
-
-def _terminate_group(proc: subprocess.Popen, tails: dict[int, _Tail], grace: float) -> None:
+def _terminate_group(
+    proc: subprocess.Popen, tails: dict[int, Tail], still_open: set[int], grace: float
+) -> None:
     """SIGTERM the hook's process group, SIGKILL it after ``grace``, and reap the shell."""
     _killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        _drain_ready(tails)
+        _drain_ready(tails, still_open)
         if proc.poll() is not None and not _group_alive(proc.pid):
             return
         time.sleep(0.02)
@@ -250,9 +247,11 @@ class HookRunner:
     keeps its old definition until :meth:`forget`, so it can still be put to sleep.
     """
 
-    def __init__(self, config, tracker=None):
+    def __init__(self, config, tracker=None, keeper: OutputKeeper | None = None):
         self.config = config
         self.tracker = tracker  # told each hook's process group, for recovery after a crash
+        # reads what a hook's background processes (a server it started) keep writing
+        self.keeper = keeper if keeper is not None else OutputKeeper()
         self._former: dict = {}  # removed model -> the config that still defines it
 
     def update(self, config) -> None:
@@ -279,7 +278,8 @@ class HookRunner:
         env.update(LLMUX_MODEL=model, LLMUX_PORT=str(spec.port), LLMUX_HOOK=kind)
         # lets a hook run llmux's own tools (the demo's fake backend) from any venv
         env.setdefault("LLMUX_PYTHON", sys.executable)
-        return run_hook(
+        kept_before = self.keeper.adoptions()
+        result = run_hook(
             spec.hook(kind),
             hook=kind,
             timeout=config.hook_timeout(model, kind),
@@ -287,7 +287,20 @@ class HookRunner:
             cwd=config.base_dir,
             env=env,
             tracker=self.tracker,
+            keeper=self.keeper,
+            owner=model,
         )
+        if kind == "sleep" and result.ok:  # whatever its earlier hooks started is stopped
+            self.keeper.release(model, before=kept_before)
+        return result
 
     def ready_timeout(self, model: str) -> float:
         return self._config_of(model).hook_timeout(model, "ready")
+
+    def port(self, model: str) -> int:
+        """The port ``model``'s hooks were given (``$LLMUX_PORT``); KeyError if unknown.
+
+        A reload may change a port only while its model is asleep, so for a model
+        that is awake this is the port its backend was woken with.
+        """
+        return self._config_of(model).models[model].port

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from llmux.config import parse_config
-from llmux.hooks import TAIL_BYTES, HookRunner, run_hook
+from llmux.hooks import TAIL_BYTES, HookRunner, OutputKeeper, run_hook
 from tests.helpers import process_alive as alive
 
 
@@ -141,3 +141,46 @@ def test_runner_uses_configured_timeouts(tmp_path):
 def test_stdin_is_empty(stdin_probe):
     r = run_hook(stdin_probe, timeout=5)
     assert r.stdout == "got:\n"
+
+
+def test_a_background_writer_keeps_its_pipes_after_the_shell_exits(tmp_path):
+    """A server started with `&` and no redirection logs on: no SIGPIPE, bounded tail."""
+    keeper = OutputKeeper(every=0.05)
+    status = tmp_path / "status"
+    # 200 KB written after the shell exited, then an exit status only a writer
+    # that was never killed by SIGPIPE gets to record
+    snippet = (
+        "( sleep 0.3; i=0; while [ $i -lt 2000 ]; do "
+        'echo "line $i ........................................................................"; '
+        f"i=$((i+1)); done; echo last >&2; echo done > {status} ) &"
+        " echo started"
+    )
+    started = time.monotonic()
+    r = run_hook(snippet, timeout=10, keeper=keeper, owner="llama")
+    assert r.ok and r.stdout == "started\n" and time.monotonic() - started < 1
+    assert keeper.kept("llama") == 2
+    deadline = time.monotonic() + 10
+    while not status.exists() or keeper.kept("llama"):
+        assert time.monotonic() < deadline, "the writer died or its pipes were never closed"
+        time.sleep(0.02)
+    assert status.read_text() == "done\n"
+    tail = keeper.tail("llama")
+    assert tail.endswith("last\n") and "line 1999" in tail
+    assert len(tail) <= TAIL_BYTES
+
+
+def test_releasing_a_model_closes_the_pipes_its_daemon_holds(tmp_path):
+    keeper = OutputKeeper(every=0.05)
+    pidfile = tmp_path / "daemon.pid"
+    r = run_hook(f"sleep 30 & echo $! > {pidfile}", timeout=10, keeper=keeper, owner="qwen")
+    pid = int(pidfile.read_text())
+    try:
+        assert r.ok and keeper.kept("qwen") == 2 and keeper.kept("llama") == 0
+        keeper.release("qwen")
+        deadline = time.monotonic() + 5
+        while keeper.kept():
+            assert time.monotonic() < deadline, "released pipes were not closed"
+            time.sleep(0.02)
+        assert alive(pid)  # closing our end does not touch the process
+    finally:
+        os.kill(pid, 9)

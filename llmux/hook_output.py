@@ -1,0 +1,134 @@
+"""What hooks write: a bounded tail, and the pipes their background processes keep writing to.
+
+Usage::
+
+    keeper = OutputKeeper()
+    keeper.adopt("llama", [out_fd, err_fd])    # the wake hook's shell exited; a daemon still writes
+    keeper.tail("llama")                       # the last 64 KiB it wrote
+    keeper.release("llama")                    # put to sleep: close its pipes
+
+A wake hook that starts a server in the background without redirecting its
+output (``llama-server --port $LLMUX_PORT &``) leaves the server holding the
+hook's stdout and stderr. llmux reports the hook's result as soon as its shell
+exits, but must not close the reading ends then: the server's next log line
+would get SIGPIPE, which kills C, C++ and Go servers outright. So the ends go
+to one keeper thread (a greenlet under gevent) that reads until end of file,
+keeping only a bounded tail per model: a chatty daemon costs one pipe pair and
+64 KiB, until it exits or its model is put to sleep.
+
+Only the keeper thread closes a kept descriptor; :meth:`OutputKeeper.release`
+marks them, so a descriptor number is never closed twice or while polled.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .polling import readable
+
+TAIL_BYTES = 64 * 1024
+
+
+class Tail:
+    """Keeps the last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int = TAIL_BYTES):
+        self.limit = limit
+        self.buf = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > 2 * self.limit:
+            del self.buf[: len(self.buf) - self.limit]
+
+    def text(self) -> str:
+        return bytes(self.buf[-self.limit :]).decode("utf-8", "replace")
+
+
+def read_some(fd: int) -> bytes | None:
+    """Bytes read, ``b""`` at end of file, ``None`` when nothing is there after all."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+class OutputKeeper:
+    """Reads hook pipes that outlive their hook, until end of file or release.
+
+    ``every`` (seconds) bounds how long a release or a newly adopted pipe
+    waits for the keeper to notice it.
+    """
+
+    def __init__(self, every: float = 0.5):
+        self.every = every
+        self._lock = threading.Lock()
+        self._pipes: dict[int, tuple[str, int]] = {}  # fd -> (owner, adoption number)
+        self._closing: set[int] = set()
+        self._tails: dict[str, Tail] = {}
+        self._adopted = 0
+        self._thread: threading.Thread | None = None
+
+    def adopt(self, owner: str, fds) -> int:
+        """Keep reading ``fds`` (the keeper closes them); return the adoption number."""
+        with self._lock:
+            self._adopted += 1
+            for fd in fds:
+                self._pipes[fd] = (owner, self._adopted)
+            self._tails.setdefault(owner, Tail())
+            if self._thread is None and self._pipes:
+                self._thread = threading.Thread(
+                    target=self._run, name="llmux-hook-output", daemon=True
+                )
+                self._thread.start()
+            return self._adopted
+
+    def release(self, owner: str, before: int | None = None) -> None:
+        """Close ``owner``'s pipes (those adopted before number ``before``, if given)."""
+        with self._lock:
+            for fd, (who, number) in self._pipes.items():
+                if who == owner and (before is None or number < before):
+                    self._closing.add(fd)
+
+    def adoptions(self) -> int:
+        """The number the next adoption will be compared against in :meth:`release`."""
+        with self._lock:
+            return self._adopted + 1
+
+    def tail(self, owner: str) -> str:
+        with self._lock:
+            tail = self._tails.get(owner)
+            return tail.text() if tail else ""
+
+    def kept(self, owner: str | None = None) -> int:
+        """How many descriptors are kept open (for ``owner``, or in all)."""
+        with self._lock:
+            return sum(1 for who, _ in self._pipes.values() if owner in (None, who))
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                for fd in self._closing:
+                    self._close(fd)
+                self._closing.clear()
+                fds = list(self._pipes)
+                if not fds:
+                    self._thread = None
+                    return
+            for fd in readable(fds, self.every):
+                data = read_some(fd)
+                with self._lock:
+                    if fd not in self._pipes or fd in self._closing:
+                        continue
+                    if data:
+                        self._tails[self._pipes[fd][0]].add(data)
+                    elif data is not None:  # end of file: every writer is gone
+                        self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        """Close a kept descriptor (lock held, keeper thread only)."""
+        if self._pipes.pop(fd, None) is not None:
+            os.close(fd)
