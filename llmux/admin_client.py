@@ -102,7 +102,10 @@ def format_status(status: dict) -> str:
     last = status.get("last_switch")
     if last:
         phases = ", ".join(f"{k} {_secs(v)}" for k, v in last["phases"].items())
-        outcome = "ok" if last["ok"] else f"failed: {last['error']}"
+        result = last.get("result") or ("success" if last["ok"] else "failure")
+        outcome = {"success": "ok", "abandoned": f"abandoned: {last['error']}"}.get(
+            result, f"failed: {last['error']}"
+        )
         lines += [
             "",
             f"last switch: {last['from'] or 'idle'} -> {last['to']} {outcome} "

@@ -52,6 +52,14 @@ class Observer:
 
     def model_deactivated(self, model: str, active_seconds: float) -> None: ...
 
+    def switch_retargeted(self, from_model: str | None, to_model: str, new_target: str) -> None: ...
+
+    def switch_abandoned(
+        self, from_model: str | None, to_model: str, reason: str, seconds: float
+    ) -> None: ...
+
+    def sleep_abandoned(self, model: str, reason: str, why: str) -> None: ...
+
     def model_put_to_sleep(
         self, model: str, reason: str, ok: bool, seconds: float, error: str = ""
     ) -> None: ...
@@ -225,6 +233,44 @@ class LogObserver(Observer):
                 "error": error,
                 "still_alive": still_alive,
             },
+        )
+
+    def switch_retargeted(self, from_model, to_model, new_target):
+        log.info(
+            "switch %s -> %s now goes to %s: the policy chose again",
+            from_model or IDLE,
+            to_model,
+            new_target,
+            extra={
+                "event": "switch_retargeted",
+                "from": from_model or IDLE,
+                "to": to_model,
+                "new_to": new_target,
+            },
+        )
+
+    def switch_abandoned(self, from_model, to_model, reason, seconds):
+        log.info(
+            "switch %s -> %s abandoned: %s",
+            from_model or IDLE,
+            to_model,
+            reason,
+            extra={
+                "event": "switch_abandoned",
+                "from": from_model or IDLE,
+                "to": to_model,
+                "reason": reason,
+                "duration_secs": round(seconds, 6),
+            },
+        )
+
+    def sleep_abandoned(self, model, reason, why):
+        log.info(
+            "%s stays awake (%s sleep abandoned): %s",
+            model,
+            reason,
+            why,
+            extra={"event": "sleep_abandoned", "model": model, "reason": reason, "why": why},
         )
 
     def model_put_to_sleep(self, model, reason, ok, seconds, error=""):

@@ -32,7 +32,15 @@ class History(Observer):
         self._failures: deque[dict] = deque(maxlen=MAX_FAILURES)
 
     def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None, phases=None):
-        self._add("switch", from_model, to_model, ok, seconds, error, phases=phases or {})
+        result = "success" if ok else "failure"
+        self._add(
+            "switch", from_model, to_model, ok, seconds, error, phases=phases or {}, result=result
+        )
+
+    def switch_abandoned(self, from_model, to_model, reason, seconds):
+        self._add(
+            "switch", from_model, to_model, False, seconds, reason, phases={}, result="abandoned"
+        )
 
     def model_put_to_sleep(self, model, reason, ok, seconds, error=""):
         self._add("sleep", model, None, ok, seconds, error, reason=reason)

@@ -49,18 +49,24 @@ class Reloader:
             new = load_config(old.path, port=gw.port_override)
         except ConfigError as exc:
             raise InvalidConfig(f"{old.path} is not valid; nothing changed", exc.problems) from None
-        states = {n: m["state"] for n, m in gw.switcher.status()["models"].items()}
-        problems = port_changes_of_live_models(old, new, states)
-        if problems:
-            raise InvalidConfig(f"{old.path} cannot be applied now; nothing changed", problems)
 
-        gw.hooks.update(new)
-        gw.metrics.add_models(sorted(set(new.models) - set(old.models)))
-        gw.upstream.settings = new.proxy
-        gw.config = new
+        def check(states: dict[str, str]) -> None:
+            problems = port_changes_of_live_models(old, new, states)
+            if problems:
+                raise InvalidConfig(f"{old.path} cannot be applied now; nothing changed", problems)
+
+        def apply() -> None:
+            gw.hooks.update(new)
+            gw.metrics.add_models(sorted(set(new.models) - set(old.models)))
+            gw.upstream.settings = new.proxy
+            gw.config = new
+
+        # checked and applied in one critical section: no model wakes in between
         still_awake = gw.switcher.reconfigure(
             {name: new.idle_sleep_secs(name) for name in new.models},
             SwitchSettings.from_policy(new.policy),
+            check=check,
+            apply=apply,
         )
         for name in still_awake:
             threading.Thread(

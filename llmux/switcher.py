@@ -50,7 +50,7 @@ from .errors import (
 )
 from .events import Observer
 from .hooks import HookResult
-from .policy import FifoPolicy, Snapshot, SwitchCosts, SwitchTo, WaitUntil
+from .policy import FifoPolicy, Snapshot, Stay, SwitchCosts, SwitchTo, WaitUntil
 
 log = logging.getLogger("llmux.switcher")
 
@@ -324,9 +324,9 @@ class Switcher:
 
     # --- switching (runs in its own thread, the lock taken only for short steps) ---
 
-    def _run_switch(self, target: str) -> None:
+    def _run_switch(self, target: str, requested: bool = True) -> None:
         try:
-            self._switch(target)
+            self._switch(target, requested)
         except Exception:  # never leave the switcher wedged in "switching"
             log.exception("switch to %s crashed", target, extra={"event": "switch_crashed"})
             with self._cond:
@@ -334,7 +334,11 @@ class Switcher:
                 self._fail_waiters(self._models[target], error, "failed")
                 self._finish_switch(None, target, self.clock(), ok=False, error="internal error")
 
-    def _switch(self, target: str) -> None:
+    def _switch(self, target: str, requested: bool = True) -> None:
+        """Drain, sleep, wake, each irreversible step committed under the lock first.
+
+        ``requested`` is False for a preload, which no waiter asked for.
+        """
         with self._cond:
             started = self.clock()
             source = self._active
@@ -362,19 +366,20 @@ class Switcher:
                     "drain timed out",
                 )
                 return
-            if self._closed:  # shutting down: keep serving what runs, start nothing new
-                self._abandon_switch(
-                    source, target, started, ShuttingDown("llmux is shutting down"), "shutdown"
-                )
-                return
+            with self._cond:
+                target = self._commit(source, target, started, requested, phases)
+                if target is None:
+                    return
+                self._set_state(self._models[source], SLEEPING)
             t0 = self.clock()
             if not self._put_to_sleep(source, target, started):
                 return
             phases["sleep"] = self.clock() - t0
-        if self._closed:
-            with self._cond:
-                self._finish_switch(source, target, started, ok=False, error="shutdown")
-            return
+        with self._cond:
+            target = self._commit(None, target, started, requested, phases)
+            if target is None:
+                return
+            self._set_state(self._models[target], WAKING)
         t0 = self.clock()
         failure = self._wake(target)
         phases["wake"] = self.clock() - t0
@@ -396,6 +401,54 @@ class Switcher:
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
 
+    def _commit(
+        self, awake: str | None, target: str, started: float, requested: bool, phases: dict
+    ) -> str | None:
+        """Before an irreversible step: the model to go on with, or None (lock held).
+
+        The policy is asked again, on the state as it is now: a drain can take
+        minutes, and waiters leave. If it still wants ``target``, go on; if it
+        wants another model, go on towards that one (``switch_retargeted``);
+        if nobody waits for a model other than ``awake`` (None: nothing is
+        awake), the switch is abandoned and ``awake`` keeps serving
+        (``switch_abandoned``). SPEC §5: a request that left never causes a switch.
+        """
+        reason = None
+        if self._closed:
+            reason = "llmux is shutting down"
+        elif requested:
+            # backoff and residency were settled when the switch began
+            snap = dataclasses.replace(
+                self._snapshot(self.clock()), backoff_until=0.0, min_active_secs=0.0
+            )
+            decision = self.policy.decide(snap)
+            if isinstance(decision, Stay) or (
+                isinstance(decision, SwitchTo) and decision.model == awake
+            ):
+                reason = "no request waits for it any more"
+            elif isinstance(decision, SwitchTo) and decision.model != target:
+                self.observer.switch_retargeted(awake, target, decision.model)
+                target = decision.model
+        if reason is None:
+            return target
+        if awake is not None:
+            m = self._models[awake]
+            self._set_state(m, AWAKE)
+            self._admit_all(m)
+        seconds = self.clock() - started
+        self.last_switch = {
+            "from": awake,
+            "to": target,
+            "ok": False,
+            "result": "abandoned",
+            "error": reason,
+            "duration_secs": seconds,
+            "phases": dict(phases),
+        }
+        self.observer.switch_abandoned(awake, target, reason, seconds)
+        self._free_slot()
+        return None
+
     def _drain(self, source: str) -> bool:
         """Wait for the in-flight requests of ``source``; False if the drain timed out."""
         if not self.settings.drain_before_switch:
@@ -414,7 +467,7 @@ class Switcher:
     def _put_to_sleep(self, source: str, target: str, started: float) -> bool:
         """Run ``sleep`` on the old model; False (switch abandoned) if it stays alive."""
         m = self._models[source]
-        result, still_alive = self._run_sleep_hook(m)
+        result, still_alive = self._sleep_hook(m)
         if not result.ok:
             with self._cond:
                 self.observer.sleep_hook_failed(source, target, result.describe(), still_alive)
@@ -435,10 +488,9 @@ class Switcher:
             self._went_to_sleep(m)
         return True
 
-    def _run_sleep_hook(self, m: _Model) -> tuple[HookResult, bool]:
-        """Run ``m``'s sleep hook; if it failed, also whether ``alive`` says it still runs."""
-        with self._cond:
-            self._set_state(m, SLEEPING)
+    def _sleep_hook(self, m: _Model) -> tuple[HookResult, bool]:
+        """Run ``m``'s sleep hook (its state already ``sleeping``); if it failed, also
+        whether ``alive`` says it still runs."""
         result = self._run_hook(m.name, "sleep")
         return result, not result.ok and self._run_hook(m.name, "alive").ok
 
@@ -471,9 +523,7 @@ class Switcher:
             self._finish_switch(source, target, started, ok=False, error=reason)
 
     def _wake(self, target: str) -> str | None:
-        """Run ``wake`` and poll ``alive``; return why it failed, or None."""
-        with self._cond:
-            self._set_state(self._models[target], WAKING)
+        """Run ``wake`` and poll ``alive`` (state already ``waking``); why it failed, or None."""
         result = self._run_hook(target, "wake")
         if result.ok:
             result = self._wait_alive(target)
@@ -524,6 +574,7 @@ class Switcher:
             "from": source,
             "to": target,
             "ok": ok,
+            "result": "success" if ok else "failure",
             "error": error,
             "duration_secs": seconds,
             "phases": dict(phases or {}),
@@ -569,8 +620,8 @@ class Switcher:
             else:
                 preload = None
                 self._free_slot()
-        if preload is not None:
-            self._run_switch(preload)  # still holds the switching slot taken in start()
+        if preload is not None:  # still holds the switching slot taken in start()
+            self._run_switch(preload, requested=False)
 
     def backend_unreachable(self, model: str) -> None:
         """A request could not connect to ``model``'s backend: is the model still alive?
@@ -630,32 +681,48 @@ class Switcher:
         return self._retire(model, reason)
 
     def _retire(self, model: str, reason: str) -> str:
-        """Drain and sleep the active ``model`` (the switching slot is held)."""
+        """Drain and sleep the active ``model`` (the switching slot is held).
+
+        An idle sleep is committed under the lock before its sleep hook: if a
+        request arrived since the idle time ran out, the model stays awake.
+        """
         m = self._models[model]
         started = self.clock()
         error = ""
+        abandoned = False
         try:
             with self._cond:
                 self._set_state(m, DRAINING)
             if not self._drain(model):
                 error = "drain timed out"
             else:
-                result, still_alive = self._run_sleep_hook(m)
-                if still_alive:
-                    error = f"sleep hook failed and the model is still alive: {result.describe()}"
+                with self._cond:
+                    abandoned = reason == "idle" and bool(m.waiters or m.in_flight)
+                    if not abandoned:
+                        self._set_state(m, SLEEPING)
+                if not abandoned:
+                    result, still_alive = self._sleep_hook(m)
+                    if still_alive:
+                        error = (
+                            f"sleep hook failed and the model is still alive: {result.describe()}"
+                        )
         except Exception:
             log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
             error = "internal error"
-        with self._cond:
-            if error:
-                self._set_state(m, AWAKE)
-                self._admit_all(m)
-            else:
-                self._went_to_sleep(m)
-            took = self.clock() - started
-            self.observer.model_put_to_sleep(model, reason, not error, took, error)
-            self._free_slot()
-            return m.state
+        finally:  # whatever happened, the slot is freed and the model is in a real state
+            with self._cond:
+                if error or abandoned or m.state == DRAINING:
+                    self._set_state(m, AWAKE)
+                    self._admit_all(m)
+                else:
+                    self._went_to_sleep(m)
+                took = self.clock() - started
+                if abandoned:
+                    self.observer.sleep_abandoned(model, reason, "a request arrived")
+                else:
+                    self.observer.model_put_to_sleep(model, reason, not error, took, error)
+                self._free_slot()
+        return m.state
 
     def _watch_idle_if_needed(self) -> None:
         """Start the idle watcher once some model has an idle time (lock held or unshared)."""
@@ -693,15 +760,29 @@ class Switcher:
     # --- a reloaded config ---
 
     def reconfigure(
-        self, idle_sleep: Mapping[str, float | None], settings: SwitchSettings | None = None
+        self,
+        idle_sleep: Mapping[str, float | None],
+        settings: SwitchSettings | None = None,
+        *,
+        check: Callable[[dict[str, str]], None] | None = None,
+        apply: Callable[[], None] | None = None,
     ) -> list[str]:
         """Take a new model set (name -> idle time); return the removed models still awake.
 
         Added models start asleep. A removed model's queued requests get 404;
         an asleep one is forgotten at once, an awake one once it is put to sleep
         (by :meth:`sleep` with ``reason="reload"``, or by the next switch).
+
+        ``check(states)`` (model -> state) may raise to refuse the change, and
+        ``apply()`` makes the caller's own part of it; both run under the lock,
+        so no model changes state between the check and the change. Both must
+        be quick and must not call back into the switcher.
         """
         with self._cond:
+            if check is not None:
+                check({n: m.state for n, m in self._models.items()})
+            if apply is not None:
+                apply()
             if settings is not None:
                 self.settings = settings
             for name, secs in idle_sleep.items():
