@@ -36,7 +36,7 @@ from .exchange import Exchange, request_id_from
 from .history import History
 from .hooks import HookRunner
 from .ownership import Ownership, StateRecorder, reconcile
-from .proxy import BackendUnreachable, Upstream, UpstreamAborted, filter_headers
+from .proxy import BackendUnreachable, Upstream, filter_headers
 from .reloading import Reloader
 from .server import is_loopback
 from .switcher import Switcher, SwitchSettings
@@ -48,6 +48,8 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Never forwarded: framing is redone by both ends; Expect is answered by gunicorn;
 # the request id is llmux's own (sanitised) one.
 REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id"})
+# What a request keeps in its WSGI environ: its config snapshot and its Exchange.
+CONFIG, EXCHANGE = "llmux.config", "llmux.exchange"
 
 
 class Gateway:
@@ -88,8 +90,8 @@ class Gateway:
         self.ownership.record({awake: "awake"} if awake else {})
         return awake
 
-    def authorize(self, header: str | None) -> None:
-        keys = self.config.api_keys
+    def authorize(self, header: str | None, config: Config) -> None:
+        keys = config.api_keys
         if keys and not _bearer_matches(header, keys):
             raise Unauthorized("missing or invalid API key")
 
@@ -164,51 +166,41 @@ class Gateway:
         """Re-read the config file and apply it, or change nothing and say why."""
         return self.reloader.reload()
 
-    def forward(self, exchange: Exchange, environ: dict, headers, body: bytes) -> Response:
+    def forward(
+        self, exchange: Exchange, environ: dict, headers, body: bytes, config: Config
+    ) -> Response:
+        """Wait for the model, send the request, and answer with the backend's reply.
+
+        ``exchange`` holds the ticket and the reply from the moment each exists;
+        whatever is raised here, the error answer closes it (see ``create_app``).
+        """
         model = exchange.model
         ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
-        exchange.waited = ticket.waited
+        exchange.admitted(ticket, environ)
         try:
-            drop = REQUEST_DROP | ({"authorization"} if self.config.api_keys else frozenset())
-            forwarded = filter_headers(headers, drop=drop)
-            forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
-            reply = self.upstream.send(
+            # the hooks' config: what the backend was woken with, across reloads
+            port = self.hooks.port(model)
+        except KeyError:
+            raise ModelNotFound(model, removed=True) from None
+        drop = REQUEST_DROP | ({"authorization"} if config.api_keys else frozenset())
+        forwarded = filter_headers(headers, drop=drop)
+        forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
+        try:
+            exchange.reply = self.upstream.send(
                 environ["REQUEST_METHOD"],
-                self.config.models[model].port,
+                port,
                 exchange.path,
                 environ.get("QUERY_STRING", ""),
                 forwarded,
                 body,
                 model=model,
+                cancel=exchange.cancel,
             )
         except BackendUnreachable:
-            ticket.release()
             self.switcher.backend_unreachable(model)  # dead? then the next request re-wakes it
             raise
-        except BaseException:
-            ticket.release()
-            raise
-
-        def relay():
-            outcome = "client_closed"  # unless the body ends or the upstream fails
-            # a client leaving during a silent stretch closes the upstream at once
-            watch = inbound.watch_client(environ, on_gone=reply.abort)
-            try:
-                yield b""  # makes gunicorn send the headers now, before the first token
-                exchange.headers_sent()
-                yield from reply.chunks()
-                outcome = "client_closed" if watch and watch.fired else "completed"
-            except UpstreamAborted:
-                outcome = "client_closed" if watch and watch.fired else "upstream_aborted"
-                raise
-            finally:  # end of body, upstream failure, or client gone (GeneratorExit)
-                if watch is not None:
-                    watch.stop()
-                reply.close()
-                ticket.release()
-                exchange.finish(reply.status, outcome)
-
-        response = Response(relay(), status=reply.status, direct_passthrough=True)
+        reply = exchange.reply
+        response = Response(exchange.relay(), status=reply.status, direct_passthrough=True)
         response.headers.clear()
         for name, value in reply.headers:
             response.headers.add(name, value)
@@ -273,7 +265,10 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
 
     @app.before_request
     def tag_request():
-        inbound.send_without_delay(request.environ)
+        environ = request.environ
+        # one config per request, whatever a reload does meanwhile
+        config = environ[CONFIG] = gateway.config
+        inbound.prepare_client_socket(environ, config.proxy.client_timeout)
         logs.request_id.set(request_id_from(request.headers.get("X-Request-Id")))
 
     @app.after_request
@@ -285,43 +280,80 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
     @app.route("/<path:_any>", methods=ALL_METHODS)
     def routed(_any=""):
         environ = request.environ
-        path = inbound.routed_path(environ, gateway.config.proxy.extra_paths)
-        exchange = environ["llmux.exchange"] = Exchange(
-            gateway.metrics, method=request.method, path=path
-        )
-        gateway.authorize(request.headers.get("Authorization"))
+        config = environ[CONFIG]
+        path = inbound.routed_path(environ, config.proxy.extra_paths)
+        exchange = environ[EXCHANGE] = Exchange(gateway.metrics, method=request.method, path=path)
+        gateway.authorize(request.headers.get("Authorization"), config)
         if request.method == "POST":
             inbound.require_json(environ)
-        proxy = gateway.config.proxy
+        proxy = config.proxy
         body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)
         model = inbound.model_of(body)
-        if model not in gateway.config.models:
+        if model not in config.models:
             raise ModelNotFound(model)
         exchange.model = model
-        return gateway.forward(exchange, environ, request.headers.items(), body)
+        return gateway.forward(exchange, environ, request.headers.items(), body, config)
 
     @app.errorhandler(LlmuxError)
     def llmux_error(error: LlmuxError):
         inbound.stop_reading(request.environ)
-        exchange = request.environ.get("llmux.exchange")
+        exchange = request.environ.get(EXCHANGE)
         if exchange is not None:
-            exchange.finish(
-                error.status, "client_closed" if error.status == 499 else "error", error.code
-            )
+            outcome = "error"
+            if error.status == 499:
+                outcome = exchange.aborted or "client_closed"
+            exchange.close(error.status, outcome, error.code)
         return error_response(error)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         if error.code == 404:
-            return error_response(NotFound(f"no route for {request.path[:128]}"))
-        return error_response(_http_error(error))
+            return llmux_error(NotFound(f"no route for {request.path[:128]}"))
+        return llmux_error(_http_error(error))
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("unexpected error", extra={"event": "internal_error"})
         return llmux_error(LlmuxError("internal error in llmux; see its log"))
 
+    app.wsgi_app = _ReleaseGuard(app.wsgi_app)
     return app
+
+
+class _ReleaseGuard:
+    """The outermost WSGI layer: no routed request leaves anything held.
+
+    Flask's error handlers close the exchange of a request answered with an
+    error, and a relayed body closes it when the WSGI server closes the body.
+    Only when the application raises past Flask (gunicorn refusing what
+    ``start_response`` was given, say), or returns without a relay and without
+    an error answer, is it left open: this closes it then, as a 500.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            _close_exchange(environ, "internal_error")
+            raise
+        exchange = environ.get(EXCHANGE)
+        if exchange is not None and exchange.body is None:
+            _close_exchange(environ, "not_closed")
+        return body
+
+
+def _close_exchange(environ: dict, code: str) -> None:
+    exchange = environ.get(EXCHANGE)
+    if exchange is not None and not exchange.closed:
+        log.error(
+            "request ended without closing its exchange (%s)",
+            code,
+            extra={"event": "internal_error", "code": code},
+        )
+        exchange.close(500, "error", code)
 
 
 def _http_error(error: HTTPException) -> LlmuxError:

@@ -1,26 +1,50 @@
-"""The bookkeeping of one routed request, from arrival to the end of its answer.
+"""One routed request, from arrival to the end of its answer, and everything it holds.
 
 Usage::
 
     exchange = Exchange(metrics, method="POST", path="/v1/chat/completions")
-    exchange.model = "llama"          # once the body named a configured model
-    exchange.headers_sent()           # time to first byte
-    exchange.finish(200, "completed") # metrics and the request_finished log event
+    exchange.model = "llama"              # once the body named a configured model
+    exchange.admitted(ticket, environ)    # holds the ticket, watches the client
+    exchange.reply = upstream.send(..., cancel=exchange.cancel)
+    return Response(exchange.relay(), ...)  # the body; WSGI closes it, and so the exchange
+    ...
+    exchange.close(404, "error", "model_not_found")   # an error answer instead
 
-``finish`` runs once, wherever the request ends: the end of the relayed body,
-an upstream failure mid-stream, a client that left, or an error answer.
+The exchange owns the in-flight ticket, the upstream reply, the client watch
+and the request's bookkeeping, and :meth:`Exchange.close` releases all of them
+exactly once, wherever the request ends: the end of the relayed body, an
+upstream failure mid-stream, a client that left or stalled, an error answer,
+or a response gunicorn never even started to send. Nothing is released in a
+generator's ``finally``: a generator that never ran never gets there, while
+WSGI servers call ``close()`` on the response iterable in every case, and
+``llmux.app``'s outermost layer closes the exchange when not even an iterable
+came back.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+
+from . import inbound
+from .proxy import Cancel, Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.request")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+# How a request ended, for the request_finished event and llmux_request_outcomes_total.
+OUTCOMES = (
+    "completed",  # the whole answer was sent
+    "error",  # llmux answered with an error of its own
+    "client_closed",  # the client left first
+    "client_stalled",  # the client took no bytes for proxy.client_timeout: cut
+    "upstream_aborted",  # the backend failed after the response headers
+)
 
 
 def request_id_from(header: str | None) -> str:
@@ -31,6 +55,13 @@ def request_id_from(header: str | None) -> str:
 
 
 class Exchange:
+    """The resources and bookkeeping of one routed request; see the module docstring.
+
+    ``clock`` is monotonic seconds. Not thread-safe by design: one request is
+    handled by one greenlet, and the client watch only calls :meth:`abort`,
+    which never blocks.
+    """
+
     def __init__(self, metrics, *, method: str, path: str, clock=time.monotonic):
         self.metrics = metrics
         self.method = method
@@ -40,21 +71,57 @@ class Exchange:
         self.model: str | None = None
         self.waited = 0.0
         self.ttfb: float | None = None
-        self.finished = False
+        self.ticket = None  # the switcher's Ticket once admitted
+        self.reply: Reply | None = None
+        self.cancel = Cancel()  # cuts the upstream connection
+        self.aborted: str | None = None  # why abort() cut it
+        self.body: Relay | None = None
+        self._watch: inbound.ClientWatch | None = None
+        self.closed = False
+
+    def admitted(self, ticket, environ: dict) -> None:
+        """Hold ``ticket`` and watch the client from now until the last byte."""
+        self.ticket = ticket
+        self.waited = ticket.waited
+        self._watch = inbound.watch_client(environ, on_gone=lambda: self.abort("client_closed"))
+
+    def abort(self, reason: str) -> None:
+        """Cut the upstream connection now (the client left); callable from any greenlet."""
+        if self.aborted is None and not self.closed:
+            self.aborted = reason
+            self.cancel.fire()
+
+    def relay(self) -> Relay:
+        """The response body iterable for the reply; closing it closes this exchange."""
+        self.body = Relay(self)
+        return self.body
 
     def headers_sent(self) -> None:
         self.ttfb = self.clock() - self.started
         if self.model is not None:
             self.metrics.request_headers_sent(self.model, self.ttfb)
 
-    def finish(self, status: int, outcome: str, code: str | None = None) -> None:
-        if self.finished:
+    def close(self, status: int, outcome: str, code: str | None = None) -> None:
+        """Release everything the request holds and record how it ended; once only."""
+        if self.closed:
             return
-        self.finished = True
+        self.closed = True
+        try:
+            if self._watch is not None:
+                self._watch.stop()
+            if self.reply is not None:
+                self.reply.close()  # not read to the end: the connection is closed
+        finally:
+            self.cancel.disarm()
+            if self.ticket is not None:
+                self.ticket.release()
+            self._finish(status, outcome, code)
+
+    def _finish(self, status: int, outcome: str, code: str | None) -> None:
         seconds = self.clock() - self.started
         if self.model is None:  # not a request for a configured model: no metrics
             return
-        self.metrics.request_finished(self.model, status, seconds)
+        self.metrics.request_finished(self.model, status, seconds, outcome)
         fields = {
             "event": "request_finished",
             "model": self.model,
@@ -71,3 +138,56 @@ class Exchange:
             fields["code"] = code
         level = logging.INFO if status < 500 else logging.WARNING
         log.log(level, "%s %s -> %s (%s)", self.method, self.path, status, outcome, extra=fields)
+
+
+class Relay:
+    """The body of a relayed response, as the WSGI iterable; ``close()`` ends the exchange.
+
+    Yields ``b""`` first, so gunicorn sends the headers before the first token,
+    then the reply's raw chunks. A backend failure mid-body propagates as
+    :class:`~llmux.proxy.UpstreamAborted`, so the client sees a cut response.
+    """
+
+    __slots__ = ("exchange", "_chunks", "_finished", "_failed")
+
+    def __init__(self, exchange: Exchange):
+        self.exchange = exchange
+        self._chunks: Iterator[bytes] | None = None
+        self._finished = False
+        self._failed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._chunks = self._relay()
+        return self._chunks
+
+    def _relay(self) -> Iterator[bytes]:
+        exchange = self.exchange
+        yield b""
+        exchange.headers_sent()
+        try:
+            yield from exchange.reply.chunks()
+        except UpstreamAborted:
+            self._failed = True
+            raise
+        # the body is read: urllib3 has pooled the connection, maybe for another request
+        exchange.cancel.disarm()
+        self._finished = True
+
+    def close(self) -> None:
+        # gunicorn calls this from a ``finally``: a write that failed is the
+        # exception being handled, and a socket timeout there is a stalled client.
+        error = sys.exc_info()[1]
+        if self._chunks is not None:
+            self._chunks.close()
+        exchange = self.exchange
+        if self._finished and error is None:
+            outcome = "completed"
+        elif exchange.aborted is not None:  # the watch cut it: the upstream "failure" is ours
+            outcome = exchange.aborted
+        elif isinstance(error, TimeoutError):
+            outcome = "client_stalled"
+        elif self._failed:
+            outcome = "upstream_aborted"
+        else:
+            outcome = "client_closed"
+        exchange.close(exchange.reply.status if exchange.reply else 500, outcome)

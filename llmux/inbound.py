@@ -90,6 +90,9 @@ def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
     except RequestBodyTimeout:
         environ["llmux.body_unread"] = True
         raise
+    except TimeoutError:  # the client socket's own deadline: nothing came for that long
+        environ["llmux.body_unread"] = True
+        raise RequestBodyTimeout("request body stopped arriving") from None
 
 
 @contextlib.contextmanager
@@ -251,21 +254,36 @@ def watch_client(environ: dict, on_gone: Callable[[], None]) -> ClientWatch | No
     return None if gone is None else ClientWatch(gone, on_gone)
 
 
-def send_without_delay(environ: dict) -> None:
-    """Turn Nagle's algorithm off on the client's connection.
+def prepare_client_socket(environ: dict, timeout: float) -> None:
+    """Give the client's connection a deadline for every operation, and no Nagle.
 
-    A response goes out in several small writes (headers, then each chunk);
-    with Nagle on, a write waits for the ACK of the previous one, which the
-    client delays by up to 40 ms: every short answer took 40-90 ms longer and
-    stream chunks arrived in bunches. nginx's ``tcp_nodelay`` is on for the
-    same reason.
+    gunicorn's gevent worker leaves client sockets without a timeout: a client
+    that stops reading (but keeps its connection open) would block the write
+    of its answer, and so hold its request's slot, for as long as it lives.
+    With ``timeout`` (``proxy.client_timeout``) every send or receive on the
+    socket fails with :class:`TimeoutError` once it has waited that long;
+    a write of up to 64 KiB that a client does not take in time cuts it, like
+    nginx's ``send_timeout``. gunicorn writes each body chunk with one
+    ``sendall``, whose deadline covers the whole chunk (gevent's
+    ``_socketcommon._sendall``).
+
+    Nagle's algorithm is off: a response goes out in several small writes
+    (headers, then each chunk); with Nagle on, a write waits for the ACK of
+    the previous one, which the client delays by up to 40 ms: every short
+    answer took 40-90 ms longer and stream chunks arrived in bunches. nginx's
+    ``tcp_nodelay`` is on for the same reason.
     """
     sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass  # a Unix socket has no Nagle
+    if sock is None:
+        return
+    try:
+        sock.settimeout(timeout)
+    except (OSError, AttributeError):
+        pass
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # a Unix socket has no Nagle
 
 
 def stop_reading(environ: dict) -> None:

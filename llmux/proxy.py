@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import errno
 import logging
+import re
 import socket
 from collections.abc import Iterable, Iterator
 
@@ -30,9 +31,10 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
-from .errors import BadGateway, GatewayTimeout
+from .errors import BadGateway, ClientGone, GatewayTimeout, clip
 
 log = logging.getLogger("llmux.proxy")
 
@@ -63,14 +65,79 @@ STALE_CONNECTION = frozenset(
     {"closed the connection without a response", "connection reset", "broken pipe"}
 )
 _reused = contextvars.ContextVar("llmux_connection_reused", default=False)
+# The Cancel of the request this greenlet is sending, told which connection it uses.
+_cancel: contextvars.ContextVar[Cancel | None] = contextvars.ContextVar(
+    "llmux_upstream_cancel", default=None
+)
+
+# RFC 9110 §5.1 (field-name = token) and §5.5 (field-value: VCHAR, obs-text, SP, HTAB):
+# what gunicorn, like any HTTP/1.1 server, refuses to send.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
+
+
+class Cancel:
+    """Cuts one request's upstream connection, from any greenlet, at any moment.
+
+    The pool binds the connection the request uses (a pooled one when it is
+    handed out, a new one once it is connected); :meth:`fire` shuts its socket
+    down, which wakes a greenlet blocked sending the request, waiting for the
+    response headers or reading the body, and the backend sees the connection
+    close. Firing before a connection exists is remembered and applied on bind.
+    :meth:`disarm` forgets the connection once the request is over, so a late
+    fire can never cut the pooled connection of a later request.
+    """
+
+    __slots__ = ("fired", "_conn")
+
+    def __init__(self):
+        self.fired = False
+        self._conn = None
+
+    def bind(self, conn) -> None:
+        self._conn = conn
+        if self.fired:
+            _shutdown(conn)
+
+    def fire(self) -> None:
+        self.fired = True
+        _shutdown(self._conn)
+
+    def disarm(self) -> None:
+        self._conn = None
+
+
+def _shutdown(conn) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Connection(HTTPConnection):
+    """Binds itself to the sending request's :class:`Cancel` once connected."""
+
+    def connect(self):
+        super().connect()
+        cancel = _cancel.get()
+        if cancel is not None:
+            cancel.bind(self)
 
 
 class _TrackingPool(HTTPConnectionPool):
     """Notes, per greenlet, whether the connection it hands out was used before."""
 
+    ConnectionCls = _Connection
+
     def _get_conn(self, timeout=None):
         conn = super()._get_conn(timeout)
-        _reused.set(getattr(conn, "sock", None) is not None)
+        reused = getattr(conn, "sock", None) is not None
+        _reused.set(reused)
+        cancel = _cancel.get()
+        if cancel is not None and reused:
+            cancel.bind(conn)
         return conn
 
 
@@ -108,15 +175,35 @@ def filter_headers(
     ]
 
 
-class Reply:
-    """A backend's response whose headers have arrived; the body is still to read."""
+def invalid_header(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The name of the first header no HTTP/1.1 server may send as is, or None."""
+    for name, value in headers:
+        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            return name
+    return None
 
-    def __init__(self, response: requests.Response, idle_timeout: float):
+
+class Reply:
+    """A backend's response whose headers have arrived; the body is still to read.
+
+    Raises :class:`~llmux.errors.BadGateway` (the response closed) when a header
+    could not be passed on: gunicorn would refuse it after the request had
+    already taken its slot.
+    """
+
+    def __init__(self, response: requests.Response, idle_timeout: float, model: str):
         self._response = response
         self.status = response.status_code
         self.headers = filter_headers(
             response.raw.headers.items(), drop=frozenset({"content-length"})
         )
+        bad = invalid_header(self.headers)
+        if bad is not None:
+            response.close()
+            raise BadGateway(
+                f"the backend of model '{model}' sent a response header that cannot be "
+                f"passed on (invalid name or value): {clip(bad, 64)!r}"
+            )
         _set_read_timeout(response, idle_timeout)
 
     def chunks(self) -> Iterator[bytes]:
@@ -134,18 +221,6 @@ class Reply:
     def close(self) -> None:
         """Release the connection; one not read to the end is closed, not pooled."""
         self._response.close()
-
-    def abort(self) -> None:
-        """Cut the upstream connection now, waking a read blocked on it (from elsewhere).
-
-        ``close`` alone would not: the response's file object keeps the socket open.
-        """
-        sock = getattr(getattr(self._response.raw, "connection", None), "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class Upstream:
@@ -175,41 +250,75 @@ class Upstream:
         body: bytes,
         *,
         model: str,
+        cancel: Cancel | None = None,
     ) -> Reply:
+        """Send the request and wait for the response headers.
+
+        ``cancel``, fired from elsewhere (the client left), cuts the connection
+        at any point: this then raises :class:`~llmux.errors.ClientGone`.
+        Raises :class:`BackendUnreachable`, :class:`~llmux.errors.BadGateway` or
+        :class:`~llmux.errors.GatewayTimeout` when the backend fails first.
+        """
         url = f"http://127.0.0.1:{port}{path}"
         if query:
             url = f"{url}?{query}"
         s = self.settings
+        token = _cancel.set(cancel)
+        try:
+            response = self._send(method, url, headers, body, port, model, cancel)
+        finally:
+            _cancel.reset(token)
+        if cancel is not None:
+            if cancel.fired:
+                response.close()
+                raise ClientGone("client disconnected before the backend answered")
+            # urllib3 gives a connection back to the pool as soon as the body is
+            # read (at once for a body-less answer): from then on it is not ours to cut
+            conn = getattr(response.raw, "connection", None)
+            if conn is None:
+                cancel.disarm()
+            else:
+                cancel.bind(conn)
+        return Reply(response, s.idle_timeout, model)
+
+    def _send(self, method, url, headers, body, port, model, cancel) -> requests.Response:
+        s = self.settings
         for attempt in (1, 2):
             _reused.set(False)
+            if cancel is not None and cancel.fired:
+                raise ClientGone("client disconnected before the backend answered")
             try:
-                response = self._adapter.send(
+                return self._adapter.send(
                     _prepare(method, url, headers, body),
                     stream=True,
                     timeout=(s.connect_timeout, s.header_timeout),
                     proxies={},
                 )
-                break
-            except requests.exceptions.ConnectTimeout:
-                raise BackendUnreachable(
-                    f"the backend of model '{model}' did not accept a connection"
-                ) from None
-            except requests.exceptions.ReadTimeout:
-                raise GatewayTimeout(
-                    f"the backend of model '{model}' sent no response headers "
-                    f"within {s.header_timeout:g}s"
-                ) from None
             except requests.exceptions.RequestException as exc:
-                reason = _reason(exc)
-                log.info("backend on port %d failed (attempt %d): %r", port, attempt, exc)
-                if attempt == 1 and reason in STALE_CONNECTION and _reused.get():
-                    continue  # the server had closed this pooled connection; it saw nothing
-                if reason == "connection refused":
-                    raise BackendUnreachable(
-                        f"the backend of model '{model}' refused the connection"
-                    ) from None
-                raise BadGateway(f"the backend of model '{model}' failed: {reason}") from None
-        return Reply(response, s.idle_timeout)
+                if cancel is not None and cancel.fired:  # we cut it ourselves
+                    raise ClientGone("client disconnected before the backend answered") from None
+                error = self._translate(exc, attempt, port, model)
+                if error is not None:
+                    raise error from None
+        raise AssertionError("unreachable: the second attempt never retries")
+
+    def _translate(self, exc: Exception, attempt: int, port: int, model: str):
+        """llmux's error for a ``requests`` error, or None to send the request again."""
+        s = self.settings
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return BackendUnreachable(f"the backend of model '{model}' did not accept a connection")
+        if isinstance(exc, requests.exceptions.ReadTimeout):
+            return GatewayTimeout(
+                f"the backend of model '{model}' sent no response headers "
+                f"within {s.header_timeout:g}s"
+            )
+        reason = _reason(exc)
+        log.info("backend on port %d failed (attempt %d): %r", port, attempt, exc)
+        if attempt == 1 and reason in STALE_CONNECTION and _reused.get():
+            return None  # the server had closed this pooled connection; it saw nothing
+        if reason == "connection refused":
+            return BackendUnreachable(f"the backend of model '{model}' refused the connection")
+        return BadGateway(f"the backend of model '{model}' failed: {reason}")
 
     def close(self) -> None:
         self._adapter.close()

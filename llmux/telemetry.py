@@ -90,6 +90,12 @@ class Metrics(Observer):
             ["model", "status"],
             registry=r,
         )
+        self.outcomes = Counter(
+            "llmux_request_outcomes_total",
+            "Requests for configured models, by how they ended (see request_finished)",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.request_duration = histogram(
             "llmux_request_duration_seconds",
             "Arrival to the end of the response body",
@@ -141,9 +147,12 @@ class Metrics(Observer):
 
     # --- requests (called by the app) ---
 
-    def request_finished(self, model: str, status: int, seconds: float) -> None:
+    def request_finished(
+        self, model: str, status: int, seconds: float, outcome: str = "completed"
+    ) -> None:
         if model in self.models:
             self.requests.labels(model, str(status)).inc()
+            self.outcomes.labels(model, outcome).inc()
             self.request_duration.labels(model, str(status)).observe(seconds)
 
     def request_headers_sent(self, model: str, seconds: float) -> None:
@@ -181,6 +190,12 @@ class Metrics(Observer):
 
     def model_put_to_sleep(self, model, reason, ok, seconds, error=""):
         self.sleeps.labels(model, reason, "success" if ok else "failure").inc()
+
+    def switch_abandoned(self, from_model, to_model, reason, seconds):
+        self.switch_total.labels(from_model or IDLE, to_model, "abandoned").inc()
+
+    def sleep_abandoned(self, model, reason, why):
+        self.sleeps.labels(model, reason, "abandoned").inc()
 
     def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None, phases=None):
         source = from_model or IDLE
