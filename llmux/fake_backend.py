@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -40,15 +41,24 @@ KNOBS = {
     "redirect": "answer 302 with this Location",
     "echo_headers": "include the request headers received in the body",
     "set_cookie": "send this Set-Cookie header",
+    "fast": "produce tokens without delay, whatever --tokens-per-sec says",
+    "bad_header": "send a header whose value holds a control character (no proxy may pass it)",
 }
 WORDS = "the quick brown fox jumps over the lazy dog while llmux keeps the gpu busy".split()
 
 
 class FakeBackend:
     def __init__(
-        self, model: str, latency_ms: float, tokens_per_sec: float, tokens: int, access_log=None
+        self,
+        model: str,
+        latency_ms: float,
+        tokens_per_sec: float,
+        tokens: int,
+        access_log=None,
+        chatty: bool = False,
     ):
         self.access_log = access_log
+        self.chatty = chatty
         self.model = model
         self.latency = latency_ms / 1000.0
         self.gap = 1.0 / tokens_per_sec if tokens_per_sec > 0 else 0.0
@@ -57,6 +67,8 @@ class FakeBackend:
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         method = environ["REQUEST_METHOD"]
+        if self.chatty:  # a log line per request on stdout, as C servers write them
+            print(f"{method} {path}", flush=True)
         if path == "/health":
             return self._json(start_response, 200, {"status": "ok"})
         if path == "/v1/models" and method == "GET":
@@ -110,7 +122,7 @@ class FakeBackend:
         n = self._count(body)
         if body.get("stream"):
             return self._stream(start_response, n, fake, extra, chat=True)
-        gevent.sleep(self.latency + self.gap * n)
+        gevent.sleep(self.latency + self._gap(fake) * n)
         text = self._text(n)
         result = {
             "id": f"chatcmpl-fake-{time.monotonic_ns()}",
@@ -133,7 +145,7 @@ class FakeBackend:
         n = self._count(body)
         if body.get("stream"):
             return self._stream(start_response, n, fake, extra, chat=False)
-        gevent.sleep(self.latency + self.gap * n)
+        gevent.sleep(self.latency + self._gap(fake) * n)
         result = {
             "id": f"cmpl-fake-{time.monotonic_ns()}",
             "object": "text_completion",
@@ -174,6 +186,8 @@ class FakeBackend:
         ]
         if fake.get("set_cookie"):
             headers.append(("Set-Cookie", fake["set_cookie"]))
+        if fake.get("bad_header"):
+            headers.append(("X-Debug", "a\x01b"))
         start_response("200 OK", headers)
         return self._events(n, fake, extra, chat)
 
@@ -188,7 +202,7 @@ class FakeBackend:
             if i == fake.get("stall_after"):
                 gevent.sleep(3600)
             if i:
-                gevent.sleep(self.gap)
+                gevent.sleep(self._gap(fake))
             last = i == n
             word = "" if last else WORDS[i % len(WORDS)] + " "
             if chat:
@@ -215,6 +229,9 @@ class FakeBackend:
 
     # --- helpers ---
 
+    def _gap(self, fake) -> float:
+        return 0.0 if fake.get("fast") else self.gap
+
     def _text(self, n: int) -> str:
         return "".join(WORDS[i % len(WORDS)] + " " for i in range(n)).strip()
 
@@ -226,6 +243,8 @@ class FakeBackend:
             headers.append(("Content-Encoding", "gzip"))
         if fake and fake.get("set_cookie"):
             headers.append(("Set-Cookie", fake["set_cookie"]))
+        if fake and fake.get("bad_header"):
+            headers.append(("X-Debug", "a\x01b"))
         headers.append(("Content-Length", str(len(payload))))
         start_response(f"{status} {'OK' if status < 400 else 'Error'}", headers)
         return [payload]
@@ -243,11 +262,21 @@ def main(argv: list[str] | None = None) -> None:
         "--startup-ms", type=float, default=0.0, help="'load time' before listening"
     )
     parser.add_argument("--access-log", help="append one JSON line per inference request here")
+    parser.add_argument(
+        "--chatty",
+        action="store_true",
+        help="print a line per request to stdout, and die of SIGPIPE when stdout is gone "
+        "(as llama-server and other C servers do)",
+    )
     args = parser.parse_args(argv)
+    if args.chatty:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.startup_ms:
         time.sleep(args.startup_ms / 1000.0)
     access_log = open(args.access_log, "a") if args.access_log else None  # noqa: SIM115
-    app = FakeBackend(args.model, args.latency_ms, args.tokens_per_sec, args.tokens, access_log)
+    app = FakeBackend(
+        args.model, args.latency_ms, args.tokens_per_sec, args.tokens, access_log, args.chatty
+    )
     server = WSGIServer((args.host, args.port), app, log=None)
     print(f"fake backend for {args.model} on {args.host}:{args.port}", file=sys.stderr, flush=True)
     try:

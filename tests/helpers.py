@@ -18,3 +18,25 @@ def wait_for(predicate, timeout=15.0, every=0.05):
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(every)
+
+
+def read_request(conn) -> bytes | None:
+    """Read one HTTP/1.1 request (head and Content-Length body) from a socket; None at EOF."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = conn.recv(65536)
+        if not part:
+            return None
+        data += part
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        part = conn.recv(65536)
+        if not part:
+            return None
+        body += part
+    return head

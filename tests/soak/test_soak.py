@@ -1,8 +1,14 @@
 """L12: a time-boxed soak of mixed traffic with injected faults (LLMUX_SOAK_SECS, default 45).
 
-Invariants at the end: never two models up, every request answered within its
-deadline, books balanced, memory and file descriptors back near where they
-started, no zombie children, every log line valid JSON.
+Two mixes: ``plain`` (client aborts, wake failures, killed backends) and
+``hostile``, which adds what the no-wedge issue found: clients that stop
+reading a long answer, clients that hang up before the response headers,
+backends sending headers no proxy may pass on, queued clients giving up (their
+switches are abandoned), and a wake hook whose server logs to the hook's own
+stdout. Invariants at the end: never two models up, every request answered
+within its deadline, books balanced (in-flight and queues at 0), every model
+still switchable, memory and file descriptors back near where they started,
+no zombie children, every log line valid JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
 
@@ -25,11 +32,49 @@ pytestmark = pytest.mark.soak
 SECONDS = float(os.environ.get("LLMUX_SOAK_SECS", "45"))
 
 
-def test_soak(llmux_factory):
+# the server a wake hook starts without redirecting its output; it logs a line
+# per request to the hook's stdout and dies of SIGPIPE if that pipe is closed
+CHATTY_WAKE = (
+    '"$LLMUX_PYTHON" -m llmux.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" '
+    '--tokens-per-sec 200 --tokens 10 --chatty &\necho $! > "$pidfile"'
+)
+
+
+def stall(server, rng) -> int:
+    """Ask for a long answer, read 4 KB of it, then take nothing more for a while."""
+    body = json.dumps(
+        {
+            "model": rng.choice("ab"),
+            "stream": rng.random() < 0.5,
+            "max_tokens": 200000,
+            "fake": {"fast": True},
+        }
+    ).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = sock.recv(4096)
+        time.sleep(rng.uniform(1.5, 3))  # past the client timeout (1 s)
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.1") else 0
+
+
+@pytest.mark.parametrize("mix", ["plain", "hostile"])
+def test_soak(llmux_factory, mix):
+    hostile = mix == "hostile"
     server = llmux_factory(
         model_env={"FAKE_ARGS": "--tokens-per-sec 200 --tokens 10"},
         policy={"request_timeout_secs": 20, "failure_backoff_secs": 0.2},
+        proxy={"client_timeout": 1} if hostile else {},
     )
+    if hostile:
+        server.fault("wake", "c", CHATTY_WAKE)
     worker = psutil.Process(server.worker_pid())
     for model in "abc":  # warm up every path once before measuring
         assert server.chat(model).status_code == 200
@@ -46,7 +91,9 @@ def test_soak(llmux_factory):
             roll = rng.random()
             body = {"model": model, "stream": roll < 0.5}
             try:
-                if roll < 0.05:  # leave mid-stream
+                if hostile and roll < 0.15:
+                    status = client_misbehaving(session, rng, model)
+                elif roll < 0.05:  # leave mid-stream
                     r = session.post(
                         server.url + "/v1/chat/completions",
                         json={**body, "stream": True},
@@ -67,6 +114,29 @@ def test_soak(llmux_factory):
                 if status not in (200, 503):  # 503: an injected wake failure
                     counts["bad"].append(status)
 
+    def client_misbehaving(session, rng, model):
+        kind = rng.choice(["stall", "hang-up", "bad-header", "give-up"])
+        if kind == "stall":
+            return stall(server, rng)
+        if kind == "bad-header":  # the backend's header cannot be passed on: 502
+            r = session.post(
+                server.url + "/v1/chat/completions",
+                json={"model": model, "fake": {"bad_header": True}},
+                timeout=30,
+            )
+            return r.status_code if r.status_code != 502 else 200
+        # hang up before the response headers come, or give up while queued
+        delay = 3000 if kind == "hang-up" else 0
+        try:
+            requests.post(
+                server.url + "/v1/chat/completions",
+                json={"model": model, "fake": {"headers_delay_ms": delay}},
+                timeout=0.3,
+            )
+        except requests.exceptions.ReadTimeout:
+            pass
+        return 200
+
     def chaos(seed):
         rng = random.Random(seed)
         while time.monotonic() < deadline - 3:
@@ -76,7 +146,7 @@ def test_soak(llmux_factory):
                 model = rng.choice("abc")
                 server.fault("wake", model, "exit 1")
                 time.sleep(0.5)
-                server.fault("wake", model, None)
+                server.fault("wake", model, CHATTY_WAKE if hostile and model == "c" else None)
             elif kind == "kill-backend":
                 counts["kills"] += 1
                 for pid in server.backend_pids():
@@ -112,4 +182,9 @@ def test_soak(llmux_factory):
     assert not [c for c in worker.children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]
     for line in server.log_text().splitlines():
         json.loads(line)
-    print(f"soak: {counts['sent']} requests in {SECONDS:.0f}s, RSS +{grown:.1f} MiB")
+    if hostile:  # the misbehaviour really happened, and was answered as designed
+        ends = [r for r in server.log_records() if r.get("event") == "request_finished"]
+        outcomes = {r["outcome"] for r in ends}
+        assert {"client_stalled", "client_closed"} <= outcomes, outcomes
+        assert any(r.get("code") == "bad_gateway" for r in ends)
+    print(f"soak ({mix}): {counts['sent']} requests in {SECONDS:.0f}s, RSS +{grown:.1f} MiB")

@@ -10,6 +10,7 @@ import pytest
 from llmux.config import ProxyConfig
 from llmux.errors import BadGateway
 from llmux.proxy import Upstream
+from tests.helpers import read_request
 
 OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
@@ -45,12 +46,8 @@ class Server:
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _read_request(self, conn) -> bool:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return False
-            data += chunk
+        if read_request(conn) is None:
+            return False
         self.requests += 1
         return True
 
