@@ -233,15 +233,20 @@ def test_vllm_recipe_through_llmux_switches_two_servers(vllm, llmux_factory):
 # --- llama-server by pidfile and process group ---
 
 
-def test_llama_server_recipe_starts_and_stops_the_whole_group(tmp_path):
-    port = free_port()
-    env = {
+def llama_env(tmp_path, **extra) -> dict:
+    """The llama-cpp recipe's settings, with the stand-in llama-server."""
+    return {
         "LLAMA_SERVER_BIN": FAKE_BIN / "llama-server",
         "LLAMA_GGUF": tmp_path / "model.gguf",
         "LLAMA_RUN_DIR": tmp_path / "run",
-        "LLAMA_ARGS": "-ngl 99",
         "LLAMA_STOP_GRACE": 2,
+        **extra,
     }
+
+
+def test_llama_server_recipe_starts_and_stops_the_whole_group(tmp_path):
+    port = free_port()
+    env = llama_env(tmp_path, LLAMA_ARGS="-ngl 99")
     r = run_hook("llama-cpp", "wake", port=port, **env)
     assert r.returncode == 0, r.stderr
     pid = int((tmp_path / "run" / f"llama-{port}.pid").read_text())
@@ -254,6 +259,25 @@ def test_llama_server_recipe_starts_and_stops_the_whole_group(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not any(process_alive(p) for p in members)
     assert run_hook("llama-cpp", "alive", port=port, **env).returncode != 0
+
+
+def test_llama_server_recipe_can_run_the_server_in_a_scope_of_its_own(tmp_path):
+    """LLAMA_SCOPE=1: out of llmux's cgroup, so a stop of llmux's unit leaves it running."""
+    port = free_port()
+    env = llama_env(tmp_path, LLAMA_SCOPE=1, PATH=f"{FAKE_BIN}:{os.environ['PATH']}")
+    (tmp_path / "run").mkdir()
+    r = run_hook("llama-cpp", "wake", port=port, **env)
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "run" / "calls.log").read_text().splitlines()
+    assert calls == [
+        f"systemd-run --scope --quiet --collect --unit=llmux-llama-{port} "
+        f"{FAKE_BIN / 'llama-server'} -m {tmp_path / 'model.gguf'} --alias m "
+        f"--host 127.0.0.1 --port {port} -c 2048 --parallel 2 -t 2"
+    ]
+    pid = int((tmp_path / "run" / f"llama-{port}.pid").read_text())
+    assert process_alive(pid)  # systemd-run execs the server: the pidfile names it
+    assert run_hook("llama-cpp", "sleep", port=port, **env).returncode == 0
+    assert not process_alive(pid)
 
 
 def _group(pgid: int) -> list[int]:

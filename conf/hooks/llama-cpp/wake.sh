@@ -5,6 +5,9 @@
 #   LLAMA_SERVER_BIN   the llama-server binary (default: the one install.sh built)
 #   LLAMA_GGUF         the model file (default: the one install.sh fetched)
 #   LLAMA_ARGS         more server options, e.g. "-ngl 99 -c 8192"
+#   LLAMA_SCOPE=1      run the server in a systemd scope of its own (systemd-run
+#                      --scope; SYSTEMD_USER=1 adds --user), outside llmux's
+#                      cgroup: then stopping llmux's unit does not kill it
 # The server runs detached in a process group of its own (setsid), its output in
 # run/llama-PORT.log, its pid in run/llama-PORT.pid. Idempotent.
 set -eu
@@ -15,13 +18,20 @@ if [ -f "$PIDFILE" ] && running "$(cat "$PIDFILE")" && probe "$(ready_path)"; th
 fi
 model=${LLAMA_GGUF:-$(cat "$REAL_DIR/model.path")}
 threads=${LLAMA_THREADS:-2}
+# systemd-run --scope moves the server into a unit of its own, then execs it (same pid)
+scope=""
+if [ "${LLAMA_SCOPE:-0}" = 1 ]; then
+    scope="systemd-run --scope --quiet --collect --unit=llmux-llama-$LLMUX_PORT"
+    [ "${SYSTEMD_USER:-0}" = 1 ] && scope="$scope --user"
+fi
 if [ "${LLAMA_KIND:-server}" = server ]; then
-    # shellcheck disable=SC2086 # LLAMA_ARGS is a list of options
-    setsid "${LLAMA_SERVER_BIN:-$REAL_DIR/llama-server/bin/llama-server}" -m "$model" \
+    # shellcheck disable=SC2086 # LLAMA_ARGS is a list of options, $scope a command prefix
+    setsid $scope "${LLAMA_SERVER_BIN:-$REAL_DIR/llama-server/bin/llama-server}" -m "$model" \
         --alias "$LLMUX_MODEL" --host 127.0.0.1 --port "$LLMUX_PORT" -c 2048 --parallel 2 \
         -t "$threads" ${LLAMA_ARGS:-} >"$LOGFILE" 2>&1 </dev/null &
 else
-    setsid "$REAL_DIR/venv/bin/python" -m llama_cpp.server --model "$model" \
+    # shellcheck disable=SC2086 # $scope is a command prefix
+    setsid $scope "$REAL_DIR/venv/bin/python" -m llama_cpp.server --model "$model" \
         --model_alias "$LLMUX_MODEL" --host 127.0.0.1 --port "$LLMUX_PORT" --n_ctx 2048 \
         --n_threads "$threads" --interrupt_requests False >"$LOGFILE" 2>&1 </dev/null &
 fi
