@@ -203,8 +203,9 @@ class ProxyConfig:
     idle_timeout: float = setting(900.0, seconds())
     max_body_bytes: int = setting(64 * 1024 * 1024, integer(1, 2**40))
     body_timeout: float = setting(60.0, seconds())  # the whole request body, or 408
-    # the longest a write to a client may block: a client that takes no bytes
-    # for this long is cut like one that left (outcome client_stalled)
+    # the longest one operation on a client socket may block (a write of up to
+    # 64 KiB, a read): a client that stalls is cut like one that left
+    # (outcome client_stalled)
     client_timeout: float = setting(60.0, seconds())
     extra_paths: tuple[str, ...] = setting((), string_list(url_path))
 

@@ -42,7 +42,7 @@ OUTCOMES = (
     "completed",  # the whole answer was sent
     "error",  # llmux answered with an error of its own
     "client_closed",  # the client left first
-    "client_stalled",  # the client took no bytes for proxy.client_timeout: cut
+    "client_stalled",  # a write to the client blocked for proxy.client_timeout: cut
     "upstream_aborted",  # the backend failed after the response headers
 )
 
@@ -86,8 +86,13 @@ class Exchange:
         self._watch = inbound.watch_client(environ, on_gone=lambda: self.abort("client_closed"))
 
     def abort(self, reason: str) -> None:
-        """Cut the upstream connection now (the client left); callable from any greenlet."""
-        if self.aborted is None and not self.closed:
+        """Cut the upstream connection now (the client left); callable from any greenlet.
+
+        Once the whole body was relayed there is nothing left to cut: a client
+        leaving then does not change how the request ended.
+        """
+        body = self.body
+        if self.aborted is None and not self.closed and not (body and body.finished):
             self.aborted = reason
             self.cancel.fire()
 
@@ -150,6 +155,11 @@ class Relay:
 
     __slots__ = ("exchange", "_chunks", "_finished", "_failed")
 
+    @property
+    def finished(self) -> bool:
+        """True once the backend's whole body was handed to the WSGI server."""
+        return self._finished
+
     def __init__(self, exchange: Exchange):
         self.exchange = exchange
         self._chunks: Iterator[bytes] | None = None
@@ -169,8 +179,6 @@ class Relay:
         except UpstreamAborted:
             self._failed = True
             raise
-        # the body is read: urllib3 has pooled the connection, maybe for another request
-        exchange.cancel.disarm()
         self._finished = True
 
     def close(self) -> None:
@@ -180,10 +188,10 @@ class Relay:
         if self._chunks is not None:
             self._chunks.close()
         exchange = self.exchange
-        if self._finished and error is None:
-            outcome = "completed"
-        elif exchange.aborted is not None:  # the watch cut it: the upstream "failure" is ours
+        if exchange.aborted is not None:  # the watch cut it: an upstream "end" is ours
             outcome = exchange.aborted
+        elif error is None and (self._finished or self._chunks is None):
+            outcome = "completed"  # never iterated: a body-less answer (HEAD, 204, 304)
         elif isinstance(error, TimeoutError):
             outcome = "client_stalled"
         elif self._failed:

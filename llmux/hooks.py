@@ -80,8 +80,15 @@ def run_hook(
     without a keeper they are closed (and such a process may get SIGPIPE).
     """
     start = time.monotonic()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    fds: list[int] = []
+    try:
+        fds += os.pipe()
+        fds += os.pipe()
+    except OSError as exc:  # out of descriptors: a failed hook, not a crashed switch
+        for fd in fds:
+            os.close(fd)
+        return HookResult(hook, None, time.monotonic() - start, error=str(exc))
+    out_r, out_w, err_r, err_w = fds
     try:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", snippet],
@@ -167,9 +174,15 @@ def _pump_until_exit(
 
 
 def _drain_ready(tails: dict[int, Tail], still_open: set[int]) -> None:
-    """Collect what is already in the pipes without waiting for background writers."""
+    """Collect what is already in the pipes without waiting for background writers.
+
+    Bounded: a background process that writes without pause would otherwise
+    keep this loop, and the hook's result, for ever. At most two tails' worth
+    is read here; the rest is the keeper's.
+    """
     fds = list(still_open)
-    while fds:
+    budget = 2 * TAIL_BYTES * len(fds)
+    while fds and budget > 0:
         ready = readable(fds, 0)
         if not ready:
             return
@@ -177,6 +190,7 @@ def _drain_ready(tails: dict[int, Tail], still_open: set[int]) -> None:
             data = read_some(fd)
             if data:
                 tails[fd].add(data)
+                budget -= len(data)
                 continue
             if data is not None:  # end of file
                 still_open.discard(fd)

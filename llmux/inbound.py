@@ -262,10 +262,11 @@ def prepare_client_socket(environ: dict, timeout: float) -> None:
     of its answer, and so hold its request's slot, for as long as it lives.
     With ``timeout`` (``proxy.client_timeout``) every send or receive on the
     socket fails with :class:`TimeoutError` once it has waited that long;
-    a write of up to 64 KiB that a client does not take in time cuts it, like
-    nginx's ``send_timeout``. gunicorn writes each body chunk with one
-    ``sendall``, whose deadline covers the whole chunk (gevent's
-    ``_socketcommon._sendall``).
+    a write of up to 64 KiB that a client does not take in time cuts it.
+    gunicorn writes each body chunk with one ``sendall``, whose deadline covers
+    the whole chunk (gevent's ``_socketcommon._sendall``): unlike nginx's
+    ``send_timeout`` (between two successive writes), a client that reads
+    slower than 64 KiB per timeout is cut too.
 
     Nagle's algorithm is off: a response goes out in several small writes
     (headers, then each chunk); with Nagle on, a write waits for the ACK of

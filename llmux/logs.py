@@ -37,6 +37,25 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class ClientTimeoutFilter(logging.Filter):
+    """gunicorn's "Socket error processing request." for a client socket timeout, quietly.
+
+    A client that stalls past ``proxy.client_timeout`` (or an idle keep-alive
+    connection, when that timeout is shorter than gunicorn's ``keepalive``) is
+    an expected event, but gunicorn logs any socket error without an errno as
+    an ERROR with a traceback. This turns those records into one INFO line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, TimeoutError):
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "client connection timed out (proxy.client_timeout)", ()
+            record.event = "client_timeout"
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """Plain lines for people; control characters in messages are escaped."""
 
@@ -75,12 +94,20 @@ def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "llmux.logs.RequestIdFilter"}},
+        "filters": {
+            "request_id": {"()": "llmux.logs.RequestIdFilter"},
+            "client_timeout": {"()": "llmux.logs.ClientTimeoutFilter"},
+        },
         "formatters": {fmt: formatters[fmt]},
         "handlers": {"stderr": handler},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
-            "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "gunicorn.error": {
+                "level": level,
+                "handlers": ["stderr"],
+                "filters": ["client_timeout"],
+                "propagate": False,
+            },
             "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
             # urllib3 reports pool details at WARNING; llmux reports what matters
             "urllib3": {"level": "ERROR"},

@@ -25,6 +25,7 @@ import errno
 import logging
 import re
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 
 import requests
@@ -79,36 +80,43 @@ _FIELD_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
 class Cancel:
     """Cuts one request's upstream connection, from any greenlet, at any moment.
 
-    The pool binds the connection the request uses (a pooled one when it is
-    handed out, a new one once it is connected); :meth:`fire` shuts its socket
-    down, which wakes a greenlet blocked sending the request, waiting for the
-    response headers or reading the body, and the backend sees the connection
-    close. Firing before a connection exists is remembered and applied on bind.
-    :meth:`disarm` forgets the connection once the request is over, so a late
-    fire can never cut the pooled connection of a later request.
+    The pool binds the socket of the connection the request uses (a pooled one
+    when it is handed out, a new one once it is connected); :meth:`fire` shuts
+    it down, which wakes a greenlet blocked sending the request, waiting for
+    the response headers or reading the body, and the backend sees the
+    connection close. Firing before a connection exists is remembered and
+    applied on bind. The socket, not urllib3's connection object, is bound:
+    urllib3 reconnects a closed connection object with a new socket.
+    :meth:`disarm` forgets it as soon as urllib3 may pool the connection again
+    (the body read to its end, an error, the request over), so a late fire
+    cannot cut a later request's connection.
     """
 
-    __slots__ = ("fired", "_conn")
+    __slots__ = ("fired", "_sock", "_lock")
 
     def __init__(self):
         self.fired = False
-        self._conn = None
+        self._sock = None
+        # gevent never switches inside these methods; plain threads (tests) might
+        self._lock = threading.Lock()
 
     def bind(self, conn) -> None:
-        self._conn = conn
-        if self.fired:
-            _shutdown(conn)
+        with self._lock:
+            self._sock = getattr(conn, "sock", None)
+            if self.fired:
+                _shutdown(self._sock)
 
     def fire(self) -> None:
-        self.fired = True
-        _shutdown(self._conn)
+        with self._lock:
+            self.fired = True
+            _shutdown(self._sock)
 
     def disarm(self) -> None:
-        self._conn = None
+        with self._lock:
+            self._sock = None
 
 
-def _shutdown(conn) -> None:
-    sock = getattr(conn, "sock", None)
+def _shutdown(sock) -> None:
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
@@ -191,8 +199,15 @@ class Reply:
     already taken its slot.
     """
 
-    def __init__(self, response: requests.Response, idle_timeout: float, model: str):
+    def __init__(
+        self,
+        response: requests.Response,
+        idle_timeout: float,
+        model: str,
+        cancel: Cancel | None = None,
+    ):
         self._response = response
+        self._cancel = cancel
         self.status = response.status_code
         self.headers = filter_headers(
             response.raw.headers.items(), drop=frozenset({"content-length"})
@@ -209,11 +224,17 @@ class Reply:
     def chunks(self) -> Iterator[bytes]:
         """Raw body bytes as they arrive; raises :class:`UpstreamAborted` on failure."""
         raw = self._response.raw
+        cancel = self._cancel
         while True:
             try:
                 chunk = raw.read1(CHUNK_BYTES, decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise UpstreamAborted(_reason(exc)) from None
+            if cancel is not None and raw.connection is None:
+                # the last bytes are read and urllib3 pooled the connection, maybe
+                # for another request by now: it is no longer ours to cut
+                cancel.disarm()
+                cancel = None
             if not chunk:
                 return
             yield chunk
@@ -266,6 +287,10 @@ class Upstream:
         token = _cancel.set(cancel)
         try:
             response = self._send(method, url, headers, body, port, model, cancel)
+        except BaseException:
+            if cancel is not None:  # the failed connection goes back to urllib3
+                cancel.disarm()
+            raise
         finally:
             _cancel.reset(token)
         if cancel is not None:
@@ -279,7 +304,7 @@ class Upstream:
                 cancel.disarm()
             else:
                 cancel.bind(conn)
-        return Reply(response, s.idle_timeout, model)
+        return Reply(response, s.idle_timeout, model, cancel)
 
     def _send(self, method, url, headers, body, port, model, cancel) -> requests.Response:
         s = self.settings

@@ -163,6 +163,7 @@ class Switcher:
         self._closed = False
         self._backoff_until = 0.0
         self._wake_at: float | None = None
+        self._target: str | None = None  # where the running switch is going
         self._idle_watch: threading.Thread | None = None
         self.last_switch: dict | None = None
         self._watch_idle_if_needed()
@@ -325,14 +326,41 @@ class Switcher:
     # --- switching (runs in its own thread, the lock taken only for short steps) ---
 
     def _run_switch(self, target: str, requested: bool = True) -> None:
+        self._target = target
         try:
             self._switch(target, requested)
         except Exception:  # never leave the switcher wedged in "switching"
-            log.exception("switch to %s crashed", target, extra={"event": "switch_crashed"})
-            with self._cond:
+            log.exception("switch to %s crashed", self._target, extra={"event": "switch_crashed"})
+            self._recover_from_crash()
+
+    def _recover_from_crash(self) -> None:
+        """Put every model a crashed switch was moving into a state it can leave.
+
+        A model draining or being put to sleep may still be up: it is taken as
+        awake (a later switch puts it to sleep again before waking another). A
+        model being woken gets its sleep hook, best effort, and is ``failed``.
+        """
+        target = self._target
+        with self._cond:
+            waking = [n for n, m in self._models.items() if m.state == WAKING]
+        for name in waking:
+            try:
+                self._run_hook(name, "sleep")
+            except Exception:
+                log.exception("cleanup of %s failed", name, extra={"event": "switch_crashed"})
+        with self._cond:
+            for m in self._models.values():
+                if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
+                    self._set_state(m, AWAKE)
+                elif m.state in (WAKING, SLEEPING):
+                    self._set_state(m, FAILED)
+                    self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+            if target in self._models:
                 error = ModelUnavailable(f"switch to model '{target}' failed unexpectedly")
                 self._fail_waiters(self._models[target], error, "failed")
-                self._finish_switch(None, target, self.clock(), ok=False, error="internal error")
+            self._finish_switch(
+                self._active, target, self.clock(), ok=False, error="internal error"
+            )
 
     def _switch(self, target: str, requested: bool = True) -> None:
         """Drain, sleep, wake, each irreversible step committed under the lock first.
@@ -367,7 +395,7 @@ class Switcher:
                 )
                 return
             with self._cond:
-                target = self._commit(source, target, started, requested, phases)
+                target = self._commit(source, source, target, started, requested, phases)
                 if target is None:
                     return
                 self._set_state(self._models[source], SLEEPING)
@@ -376,7 +404,7 @@ class Switcher:
                 return
             phases["sleep"] = self.clock() - t0
         with self._cond:
-            target = self._commit(None, target, started, requested, phases)
+            target = self._commit(source, None, target, started, requested, phases)
             if target is None:
                 return
             self._set_state(self._models[target], WAKING)
@@ -402,16 +430,24 @@ class Switcher:
             self._finish_switch(source, target, started, ok=True, phases=phases)
 
     def _commit(
-        self, awake: str | None, target: str, started: float, requested: bool, phases: dict
+        self,
+        source: str | None,
+        awake: str | None,
+        target: str,
+        started: float,
+        requested: bool,
+        phases: dict,
     ) -> str | None:
         """Before an irreversible step: the model to go on with, or None (lock held).
 
         The policy is asked again, on the state as it is now: a drain can take
         minutes, and waiters leave. If it still wants ``target``, go on; if it
         wants another model, go on towards that one (``switch_retargeted``);
-        if nobody waits for a model other than ``awake`` (None: nothing is
-        awake), the switch is abandoned and ``awake`` keeps serving
-        (``switch_abandoned``). SPEC §5: a request that left never causes a switch.
+        if it prefers ``awake`` (None: nothing is awake; for FIFO, when nobody
+        waits for another model any more), the switch is abandoned and ``awake``
+        keeps serving (``switch_abandoned``). ``source`` is the model the switch
+        began from, for the reports. SPEC §5: a request that left never causes
+        a switch.
         """
         reason = None
         if self._closed:
@@ -427,8 +463,8 @@ class Switcher:
             ):
                 reason = "no request waits for it any more"
             elif isinstance(decision, SwitchTo) and decision.model != target:
-                self.observer.switch_retargeted(awake, target, decision.model)
-                target = decision.model
+                self.observer.switch_retargeted(source, target, decision.model)
+                target = self._target = decision.model
         if reason is None:
             return target
         if awake is not None:
@@ -437,7 +473,7 @@ class Switcher:
             self._admit_all(m)
         seconds = self.clock() - started
         self.last_switch = {
-            "from": awake,
+            "from": source,
             "to": target,
             "ok": False,
             "result": "abandoned",
@@ -445,7 +481,7 @@ class Switcher:
             "duration_secs": seconds,
             "phases": dict(phases),
         }
-        self.observer.switch_abandoned(awake, target, reason, seconds)
+        self.observer.switch_abandoned(source, target, reason, seconds)
         self._free_slot()
         return None
 

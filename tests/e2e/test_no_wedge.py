@@ -166,6 +166,9 @@ def test_a_client_that_stops_reading_is_cut_at_the_client_timeout(llmux_factory,
         assert outcomes[-1] == (200, "client_stalled")
         m = scrape(server)
         assert value(m, "llmux_request_outcomes_total", model="a", outcome="client_stalled") == 1
+        # an expected event: one INFO line from gunicorn, not an ERROR with a traceback
+        assert not [r for r in server.log_records() if r["level"] in ("ERROR", "CRITICAL")]
+        assert "client_timeout" in {r.get("event") for r in server.log_records()}
         started = time.monotonic()
         assert server.chat("b").status_code == 200
         assert time.monotonic() - started < 5

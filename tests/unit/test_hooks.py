@@ -165,7 +165,7 @@ def test_a_background_writer_keeps_its_pipes_after_the_shell_exits(tmp_path):
         time.sleep(0.02)
     assert status.read_text() == "done\n"
     tail = keeper.tail("llama")
-    assert tail.endswith("last\n") and "line 1999" in tail
+    assert "last\n" in tail and "line 1999" in tail  # stdout and stderr, interleaved
     assert len(tail) <= TAIL_BYTES
 
 
@@ -184,3 +184,20 @@ def test_releasing_a_model_closes_the_pipes_its_daemon_holds(tmp_path):
         assert alive(pid)  # closing our end does not touch the process
     finally:
         os.kill(pid, 9)
+
+
+def test_a_background_process_writing_without_pause_does_not_hold_the_hook(tmp_path):
+    keeper = OutputKeeper(every=0.05)
+    pidfile = tmp_path / "yes.pid"
+    started = time.monotonic()
+    r = run_hook(f"yes & echo $! > {pidfile}", timeout=10, keeper=keeper, owner="m")
+    pid = int(pidfile.read_text())
+    try:
+        assert r.ok and time.monotonic() - started < 2
+        assert len(r.stdout) <= TAIL_BYTES and keeper.kept("m") == 2
+    finally:
+        os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while keeper.kept():  # its writer is gone: end of file, closed
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

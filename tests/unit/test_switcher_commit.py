@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from llmux.errors import QueueTimeout
-from llmux.switcher import ASLEEP, AWAKE
+from llmux.errors import ModelUnavailable, QueueTimeout
+from llmux.switcher import ASLEEP, AWAKE, FAILED
 
 from .fakes import FakeHooks
 from .test_switcher import join, make, spawn, wait_for
@@ -90,3 +90,36 @@ def test_a_request_for_the_draining_model_keeps_it_awake_when_the_other_left():
     again["value"].release()
     assert hooks.count("a", "sleep") == 0 and hooks.count("b", "wake") == 0
     assert last_result(sw) == "abandoned"
+
+
+def boom():
+    raise OSError(24, "Too many open files")
+
+
+def test_a_switch_that_crashes_in_the_sleep_step_leaves_the_old_model_serving():
+    sw, hooks = make()
+    awake(sw, "a")
+    hooks.override[("a", "sleep")] = boom
+    box = spawn(sw.acquire, "b", timeout=5)
+    join(box)
+    assert isinstance(box["error"], ModelUnavailable)
+    assert sw.state("a") == AWAKE and sw.status()["active"] == "a"
+    assert not sw.status()["switching"]
+    sw.acquire("a", timeout=1).release()  # served at once
+    del hooks.override[("a", "sleep")]
+    sw.acquire("b", timeout=5).release()  # and the next switch goes through
+    assert sw.status()["active"] == "b" and not hooks.overlaps
+
+
+def test_a_switch_that_crashes_in_the_wake_step_fails_the_target_and_recovers():
+    sw, hooks = make(failure_backoff_secs=0.05)
+    awake(sw, "a")
+    hooks.override[("b", "wake")] = boom
+    box = spawn(sw.acquire, "b", timeout=5)
+    join(box)
+    assert isinstance(box["error"], ModelUnavailable)
+    assert sw.state("b") == FAILED and sw.status()["active"] is None
+    assert hooks.calls[-1] == ("b", "sleep"), "the half-woken target is cleaned up"
+    del hooks.override[("b", "wake")]
+    sw.acquire("b", timeout=5).release()
+    assert sw.state("b") == AWAKE
