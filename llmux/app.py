@@ -220,9 +220,9 @@ def _bearer_matches(header: str | None, secrets) -> bool:
 
 
 def error_response(error: LlmuxError) -> Response:
-    response = Response(
-        _json(error.envelope()), status=error.status, content_type="application/json"
-    )
+    # nginx's name for 499; werkzeug would send "499 UNKNOWN"
+    status = "499 Client Closed Request" if error.status == 499 else error.status
+    response = Response(_json(error.envelope()), status=status, content_type="application/json")
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(0, math.ceil(error.retry_after)))
     return response

@@ -5,7 +5,7 @@ Usage::
     keeper = OutputKeeper()
     keeper.adopt("llama", [out_fd, err_fd])    # the wake hook's shell exited; a daemon still writes
     keeper.tail("llama")                       # the last 64 KiB it wrote
-    keeper.release("llama")                    # put to sleep: close its pipes
+    keeper.release("llama")                    # removed from the config: close its pipes
 
 A wake hook that starts a server in the background without redirecting its
 output (``llama-server --port $LLMUX_PORT &``) leaves the server holding the
@@ -14,7 +14,9 @@ exits, but must not close the reading ends then: the server's next log line
 would get SIGPIPE, which kills C, C++ and Go servers outright. So the ends go
 to one keeper thread (a greenlet under gevent) that reads until end of file,
 keeping only a bounded tail per model: a chatty daemon costs one pipe pair and
-64 KiB, until it exits or its model is put to sleep.
+64 KiB, until it exits, a later hook of its model leaves a writer of its own,
+or its model is removed. Not when its model is put to sleep: a server that
+sleeps in place (vLLM's sleep mode) keeps running, and writing.
 
 Only the keeper thread closes a kept descriptor; :meth:`OutputKeeper.release`
 marks them, so a descriptor number is never closed twice or while polled.
@@ -66,37 +68,34 @@ class OutputKeeper:
     def __init__(self, every: float = 0.5):
         self.every = every
         self._lock = threading.Lock()
-        self._pipes: dict[int, tuple[str, int]] = {}  # fd -> (owner, adoption number)
+        self._pipes: dict[int, str] = {}  # fd -> owner
         self._closing: set[int] = set()
         self._tails: dict[str, Tail] = {}
-        self._adopted = 0
         self._thread: threading.Thread | None = None
 
-    def adopt(self, owner: str, fds) -> int:
-        """Keep reading ``fds`` (the keeper closes them); return the adoption number."""
+    def adopt(self, owner: str, fds) -> None:
+        """Keep reading ``fds``, which the keeper closes from now on.
+
+        ``owner``'s earlier pipes are closed: a hook that leaves a new background
+        writer supersedes the old one (a server that was restarted, or leaked),
+        so a model holds at most one pipe pair however often it is woken.
+        """
         with self._lock:
-            self._adopted += 1
+            self._closing.update(fd for fd, who in self._pipes.items() if who == owner)
             for fd in fds:
-                self._pipes[fd] = (owner, self._adopted)
+                self._pipes[fd] = owner
             self._tails.setdefault(owner, Tail())
             if self._thread is None and self._pipes:
                 self._thread = threading.Thread(
                     target=self._run, name="llmux-hook-output", daemon=True
                 )
                 self._thread.start()
-            return self._adopted
 
-    def release(self, owner: str, before: int | None = None) -> None:
-        """Close ``owner``'s pipes (those adopted before number ``before``, if given)."""
+    def release(self, owner: str) -> None:
+        """Close ``owner``'s pipes (its model was removed) and forget its tail."""
         with self._lock:
-            for fd, (who, number) in self._pipes.items():
-                if who == owner and (before is None or number < before):
-                    self._closing.add(fd)
-
-    def adoptions(self) -> int:
-        """The number the next adoption will be compared against in :meth:`release`."""
-        with self._lock:
-            return self._adopted + 1
+            self._closing.update(fd for fd, who in self._pipes.items() if who == owner)
+            self._tails.pop(owner, None)
 
     def tail(self, owner: str) -> str:
         with self._lock:
@@ -106,7 +105,7 @@ class OutputKeeper:
     def kept(self, owner: str | None = None) -> int:
         """How many descriptors are kept open (for ``owner``, or in all)."""
         with self._lock:
-            return sum(1 for who, _ in self._pipes.values() if owner in (None, who))
+            return sum(1 for who in self._pipes.values() if owner in (None, who))
 
     def _run(self) -> None:
         while True:
@@ -124,7 +123,9 @@ class OutputKeeper:
                     if fd not in self._pipes or fd in self._closing:
                         continue
                     if data:
-                        self._tails[self._pipes[fd][0]].add(data)
+                        tail = self._tails.get(self._pipes[fd])
+                        if tail is not None:
+                            tail.add(data)
                     elif data is not None:  # end of file: every writer is gone
                         self._close(fd)
 

@@ -14,7 +14,7 @@ a hook that starts a daemon in the background returns as soon as the shell does
 docs in ``python-stack.md`` §2). Output is read as it comes and only the last
 64 KiB of each stream is kept. Pipes the daemon still holds are not closed under
 it (its next log line would get SIGPIPE): :class:`~llmux.hook_output.OutputKeeper`
-reads them on until end of file, or until the model's next sleep succeeds.
+reads them on until end of file.
 
 Under gunicorn's gevent worker, ``subprocess``, ``select`` and ``time`` are
 patched, so a running hook never blocks other requests.
@@ -278,7 +278,9 @@ class HookRunner:
         self.config = config
 
     def forget(self, model: str) -> None:
+        """``model`` was removed by a reload and is asleep: drop what is kept for it."""
         self._former.pop(model, None)
+        self.keeper.release(model)
 
     def _config_of(self, model: str):
         config = self.config
@@ -292,8 +294,7 @@ class HookRunner:
         env.update(LLMUX_MODEL=model, LLMUX_PORT=str(spec.port), LLMUX_HOOK=kind)
         # lets a hook run llmux's own tools (the demo's fake backend) from any venv
         env.setdefault("LLMUX_PYTHON", sys.executable)
-        kept_before = self.keeper.adoptions()
-        result = run_hook(
+        return run_hook(
             spec.hook(kind),
             hook=kind,
             timeout=config.hook_timeout(model, kind),
@@ -304,9 +305,6 @@ class HookRunner:
             keeper=self.keeper,
             owner=model,
         )
-        if kind == "sleep" and result.ok:  # whatever its earlier hooks started is stopped
-            self.keeper.release(model, before=kept_before)
-        return result
 
     def ready_timeout(self, model: str) -> float:
         return self._config_of(model).hook_timeout(model, "ready")

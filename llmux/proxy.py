@@ -100,9 +100,9 @@ class Cancel:
         # gevent never switches inside these methods; plain threads (tests) might
         self._lock = threading.Lock()
 
-    def bind(self, conn) -> None:
+    def bind(self, sock) -> None:
         with self._lock:
-            self._sock = getattr(conn, "sock", None)
+            self._sock = sock
             if self.fired:
                 _shutdown(self._sock)
 
@@ -125,13 +125,21 @@ def _shutdown(sock) -> None:
 
 
 class _Connection(HTTPConnection):
-    """Binds itself to the sending request's :class:`Cancel` once connected."""
+    """Binds its socket to the sending request's :class:`Cancel` once connected.
+
+    ``wire`` keeps the socket: ``http.client`` sets ``sock`` to None as soon as
+    a response will end with the connection (``Connection: close``, or a body
+    delimited by the close), while that response still reads from it.
+    """
+
+    wire = None
 
     def connect(self):
         super().connect()
+        self.wire = self.sock
         cancel = _cancel.get()
         if cancel is not None:
-            cancel.bind(self)
+            cancel.bind(self.sock)
 
 
 class _TrackingPool(HTTPConnectionPool):
@@ -145,7 +153,7 @@ class _TrackingPool(HTTPConnectionPool):
         _reused.set(reused)
         cancel = _cancel.get()
         if cancel is not None and reused:
-            cancel.bind(conn)
+            cancel.bind(conn.sock)
         return conn
 
 
@@ -212,6 +220,12 @@ class Reply:
         self.headers = filter_headers(
             response.raw.headers.items(), drop=frozenset({"content-length"})
         )
+        if not 200 <= self.status <= 599:  # http.client hands on any 1xx but 100
+            response.close()
+            raise BadGateway(
+                f"the backend of model '{model}' answered with status {self.status}, "
+                "which llmux cannot pass on as a final answer"
+            )
         bad = invalid_header(self.headers)
         if bad is not None:
             response.close()
@@ -299,11 +313,8 @@ class Upstream:
                 raise ClientGone("client disconnected before the backend answered")
             # urllib3 gives a connection back to the pool as soon as the body is
             # read (at once for a body-less answer): from then on it is not ours to cut
-            conn = getattr(response.raw, "connection", None)
-            if conn is None:
+            if getattr(response.raw, "connection", None) is None:
                 cancel.disarm()
-            else:
-                cancel.bind(conn)
         return Reply(response, s.idle_timeout, model, cancel)
 
     def _send(self, method, url, headers, body, port, model, cancel) -> requests.Response:
@@ -365,7 +376,8 @@ def _prepare(method: str, url: str, headers, body: bytes) -> requests.PreparedRe
 
 def _set_read_timeout(response: requests.Response, seconds: float) -> None:
     """From now on, ``seconds`` is the longest silence allowed between two chunks."""
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    conn = getattr(response.raw, "connection", None)
+    sock = getattr(conn, "sock", None) or getattr(conn, "wire", None)
     if sock is not None:
         try:
             sock.settimeout(seconds)

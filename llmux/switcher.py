@@ -50,7 +50,7 @@ from .errors import (
 )
 from .events import Observer
 from .hooks import HookResult
-from .policy import FifoPolicy, Snapshot, Stay, SwitchCosts, SwitchTo, WaitUntil
+from .policy import FifoPolicy, Snapshot, SwitchCosts, SwitchTo, WaitUntil
 
 log = logging.getLogger("llmux.switcher")
 
@@ -244,6 +244,7 @@ class Switcher:
             m.waiters.remove(waiter)
             self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
             self.observer.queue_depth_changed(m.name, len(m.waiters))
+            self._cond.notify_all()  # a drain for this waiter may serve nobody now
 
     def _abandon(self, m: _Model, waiter: _Waiter) -> None:
         """The waiting request is gone (cancelled greenlet, error): undo what it holds."""
@@ -378,7 +379,7 @@ class Switcher:
             t0 = self.clock()
             with self._cond:
                 self.observer.drain_started(source, target, self._models[source].in_flight)
-            drained = self._drain(source)
+            drained = self._drain(source, requested)
             phases["drain"] = self.clock() - t0
             self.observer.drain_finished(source, target, phases["drain"], drained)
             if not drained:
@@ -453,18 +454,12 @@ class Switcher:
         if self._closed:
             reason = "llmux is shutting down"
         elif requested:
-            # backoff and residency were settled when the switch began
-            snap = dataclasses.replace(
-                self._snapshot(self.clock()), backoff_until=0.0, min_active_secs=0.0
-            )
-            decision = self.policy.decide(snap)
-            if isinstance(decision, Stay) or (
-                isinstance(decision, SwitchTo) and decision.model == awake
-            ):
+            wanted = self._wanted(awake)
+            if wanted is None:
                 reason = "no request waits for it any more"
-            elif isinstance(decision, SwitchTo) and decision.model != target:
-                self.observer.switch_retargeted(source, target, decision.model)
-                target = self._target = decision.model
+            elif wanted != target:
+                self.observer.switch_retargeted(source, target, wanted)
+                target = self._target = wanted
         if reason is None:
             return target
         if awake is not None:
@@ -485,8 +480,31 @@ class Switcher:
         self._free_slot()
         return None
 
-    def _drain(self, source: str) -> bool:
-        """Wait for the in-flight requests of ``source``; False if the drain timed out."""
+    def _wanted(self, awake: str | None) -> str | None:
+        """The model the policy would switch to now, or None if it prefers ``awake``.
+
+        Lock held. Backoff and residency were settled when the switch began,
+        so they are left out of this second opinion.
+        """
+        snap = dataclasses.replace(
+            self._snapshot(self.clock()), backoff_until=0.0, min_active_secs=0.0
+        )
+        decision = self.policy.decide(snap)
+        if isinstance(decision, SwitchTo) and decision.model != awake:
+            return decision.model
+        if isinstance(decision, WaitUntil):  # cannot happen without backoff; go on
+            return self._target
+        return None
+
+    def _drain(self, source: str, requested: bool = False) -> bool:
+        """Wait for the in-flight requests of ``source``; False if the drain timed out.
+
+        ``requested``: the drain of a switch some request asked for. Such a
+        drain that no longer serves anyone ends early (True): once the policy
+        prefers ``source`` again (its waiter left), the commit that follows
+        abandons the switch, and requests that queued for ``source`` meanwhile
+        need not wait for its longest stream.
+        """
         if not self.settings.drain_before_switch:
             return True
         timeout = self.settings.drain_timeout_secs
@@ -494,6 +512,8 @@ class Switcher:
         with self._cond:
             deadline = None if timeout is None else self.clock() + timeout
             while m.in_flight > 0:
+                if requested and (self._closed or self._wanted(source) is None):
+                    return True
                 left = MAX_WAIT_SECS if deadline is None else deadline - self.clock()
                 if left <= 0:
                     return False

@@ -208,6 +208,77 @@ def test_a_client_leaving_before_the_response_headers_cancels_the_backend(
     assert time.monotonic() - started < 5
 
 
+SSE_UNTIL_CLOSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    b"data: first\n\n"
+)
+
+
+def test_a_client_leaving_a_stream_that_ends_with_the_connection_cancels_it(
+    llmux_factory, raw_backend
+):
+    """http.client drops the connection's socket for such answers; the cut must not need it."""
+
+    def respond(backend, conn):
+        conn.sendall(SSE_UNTIL_CLOSE)
+        backend.wait_for_eof(conn, limit=20)  # then silence, until llmux hangs up
+
+    backend = raw_backend(respond)
+    server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
+    client = socket.create_connection(("127.0.0.1", server.port))
+    body = json.dumps({"model": "raw", "stream": True}).encode()
+    client.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    client.settimeout(10)
+    received = b""
+    while b"data: first" not in received:
+        received += client.recv(4096)
+    client.close()
+    left = time.monotonic()
+    wait_for(lambda: backend.eof_at, timeout=5)
+    assert backend.eof_at[0] - left < 2.5, "the backend kept streaming to nobody"
+    wait_for(lambda: in_flight(server, "raw") == 0, timeout=5)
+    assert finished(server, "raw")[-1]["outcome"] == "client_closed"
+
+
+def test_a_stalled_stream_that_ends_with_the_connection_is_cut_at_the_idle_timeout(
+    llmux_factory, raw_backend
+):
+    def respond(backend, conn):
+        conn.sendall(SSE_UNTIL_CLOSE)
+        backend.wait_for_eof(conn, limit=30)
+
+    backend = raw_backend(respond)
+    server = llmux_factory(
+        {"raw": raw_entry(backend.port), "a": model_entry(free_port())},
+        proxy={"idle_timeout": 1, "header_timeout": 20},
+    )
+    started = time.monotonic()
+    r = server.post(body={"model": "raw", "stream": True}, stream=True)
+    with pytest.raises(Exception):  # noqa: B017 - a cut stream, whatever the client calls it
+        r.content  # noqa: B018
+    assert time.monotonic() - started < 5, "cut at the header timeout, not the idle timeout"
+    wait_for(lambda: in_flight(server, "raw") == 0, timeout=5)
+    assert finished(server, "raw")[-1]["outcome"] == "upstream_aborted"
+
+
+def test_an_interim_status_as_the_answer_is_a_502(llmux_factory, raw_backend):
+    def respond(backend, conn):
+        conn.sendall(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        )
+
+    backend = raw_backend(respond)
+    server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
+    error = assert_error(server.chat("raw"), 502, "bad_gateway")
+    assert "103" in error["message"]
+    assert in_flight(server, "raw") == 0
+
+
 # --- 4. a hook's background processes keep their output pipes ---
 
 
@@ -250,7 +321,7 @@ def test_a_server_started_by_a_wake_hook_without_redirection_keeps_running(llmux
 
 def test_a_switch_whose_waiter_left_is_abandoned_before_any_hook(llmux_factory):
     server = llmux_factory(
-        model_env={"FAKE_ARGS": "--tokens-per-sec 10 --tokens 15"},
+        model_env={"FAKE_ARGS": "--tokens-per-sec 10 --tokens 40"},
         policy={"request_timeout_secs": 0.5},
     )
     assert server.chat("a", max_tokens=1).status_code == 200
@@ -259,12 +330,16 @@ def test_a_switch_whose_waiter_left_is_abandoned_before_any_hook(llmux_factory):
     stream.start()
     wait_for(lambda: in_flight(server, "a") == 1, timeout=5)
     assert_error(server.chat("b"), 504, "queue_timeout", param="model")
-    stream.join(10)
-    assert box["r"].status_code == 200 and "[DONE]" in box["r"].text
     wait_for(
         lambda: any(x.get("event") == "switch_abandoned" for x in server.log_records()),
-        timeout=5,
+        timeout=3,
     )
+    # the drain ended with its reason: a new request for a does not wait for the stream
+    started = time.monotonic()
+    assert server.chat("a", max_tokens=1).status_code == 200
+    assert time.monotonic() - started < 1 and stream.is_alive()
+    stream.join(10)
+    assert box["r"].status_code == 200 and "[DONE]" in box["r"].text
     assert server.hook_runs() == [("wake", "a")], "a slept or b woke for nobody"
     status = server.status()
     assert status["active"] == "a" and status["models"]["a"]["state"] == "awake"

@@ -201,3 +201,24 @@ def test_a_background_process_writing_without_pause_does_not_hold_the_hook(tmp_p
     while keeper.kept():  # its writer is gone: end of file, closed
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_a_new_background_writer_of_a_model_supersedes_the_old_one(tmp_path):
+    """At most one pipe pair per model, however often its wake hook leaves a server running."""
+    keeper = OutputKeeper(every=0.05)
+    pids = []
+    try:
+        for i in range(3):
+            pidfile = tmp_path / f"d{i}.pid"
+            run_hook(f"sleep 30 & echo $! > {pidfile}", timeout=10, keeper=keeper, owner="m")
+            pids.append(int(pidfile.read_text()))
+        run_hook(f"sleep 30 & echo $! > {tmp_path / 'x.pid'}", timeout=10, keeper=keeper, owner="x")
+        pids.append(int((tmp_path / "x.pid").read_text()))
+        deadline = time.monotonic() + 5
+        while keeper.kept() != 4:
+            assert time.monotonic() < deadline, f"kept {keeper.kept()} descriptors, not 2 + 2"
+            time.sleep(0.02)
+        assert keeper.kept("m") == 2 and keeper.kept("x") == 2
+    finally:
+        for pid in pids:
+            os.kill(pid, 9)
