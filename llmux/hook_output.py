@@ -13,10 +13,10 @@ hook's stdout and stderr. llmux reports the hook's result as soon as its shell
 exits, but must not close the reading ends then: the server's next log line
 would get SIGPIPE, which kills C, C++ and Go servers outright. So the ends go
 to one keeper thread (a greenlet under gevent) that reads until end of file,
-keeping only a bounded tail per model: a chatty daemon costs one pipe pair and
-64 KiB, until it exits, a later hook of its model leaves a writer of its own,
-or its model is removed. Not when its model is put to sleep: a server that
-sleeps in place (vLLM's sleep mode) keeps running, and writing.
+keeping only a bounded tail per model: a chatty daemon costs one pipe pair
+(and its model 64 KiB) until it exits, or until a reload removes its model.
+Not when its model is put to sleep: a server that sleeps in place (vLLM's
+sleep mode) keeps running, and writing.
 
 Only the keeper thread closes a kept descriptor; :meth:`OutputKeeper.release`
 marks them, so a descriptor number is never closed twice or while polled.
@@ -76,12 +76,11 @@ class OutputKeeper:
     def adopt(self, owner: str, fds) -> None:
         """Keep reading ``fds``, which the keeper closes from now on.
 
-        ``owner``'s earlier pipes are closed: a hook that leaves a new background
-        writer supersedes the old one (a server that was restarted, or leaked),
-        so a model holds at most one pipe pair however often it is woken.
+        Earlier pipes of ``owner`` stay: their writer may be a server that is
+        still serving. A pipe costs a descriptor only while some process holds
+        its other end, so what is kept is bounded by what is running.
         """
         with self._lock:
-            self._closing.update(fd for fd, who in self._pipes.items() if who == owner)
             for fd in fds:
                 self._pipes[fd] = owner
             self._tails.setdefault(owner, Tail())

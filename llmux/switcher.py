@@ -203,6 +203,7 @@ class Switcher:
             now = self.clock()
             waiter = _Waiter(model, now)
             m.waiters.append(waiter)
+            self._cond.notify_all()  # a drain re-asks: this waiter may make it unneeded
             self.observer.request_queued(model)
             self.observer.queue_depth_changed(model, len(m.waiters))
             deadline = None if timeout is None else now + timeout
@@ -377,29 +378,36 @@ class Switcher:
                 self._set_state(self._models[source], DRAINING)
         if source is not None:
             t0 = self.clock()
+            timeout = self.settings.drain_timeout_secs
+            deadline = None if timeout is None else t0 + timeout
             with self._cond:
                 self.observer.drain_started(source, target, self._models[source].in_flight)
-            drained = self._drain(source, requested)
-            phases["drain"] = self.clock() - t0
-            self.observer.drain_finished(source, target, phases["drain"], drained)
-            if not drained:
-                self._abandon_switch(
-                    source,
-                    target,
-                    started,
-                    SwitchTimeout(
-                        f"model '{source}' did not finish its requests within "
-                        f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' abandoned",
-                        retry_after=1,
-                    ),
-                    "drain timed out",
-                )
-                return
-            with self._cond:
-                target = self._commit(source, source, target, started, requested, phases)
-                if target is None:
+            while True:
+                drained = self._drain(source, requested, deadline)
+                phases["drain"] = self.clock() - t0
+                if not drained:
+                    self.observer.drain_finished(source, target, phases["drain"], False)
+                    self._abandon_switch(
+                        source,
+                        target,
+                        started,
+                        SwitchTimeout(
+                            f"model '{source}' did not finish its requests within "
+                            f"{timeout:g}s; switch to '{target}' abandoned",
+                            retry_after=1,
+                        ),
+                        "drain timed out",
+                    )
                     return
-                self._set_state(self._models[source], SLEEPING)
+                with self._cond:
+                    target = self._commit(source, source, target, started, requested, phases)
+                    if target is None:
+                        return
+                    if self.settings.drain_before_switch and self._models[source].in_flight:
+                        continue  # it ended early, and a switch is wanted again: drain on
+                    self._set_state(self._models[source], SLEEPING)
+                break
+            self.observer.drain_finished(source, target, phases["drain"], True)
             t0 = self.clock()
             if not self._put_to_sleep(source, target, started):
                 return
@@ -496,23 +504,22 @@ class Switcher:
             return self._target
         return None
 
-    def _drain(self, source: str, requested: bool = False) -> bool:
-        """Wait for the in-flight requests of ``source``; False if the drain timed out.
+    def _drain(self, source: str, requested: bool = False, deadline: float | None = None) -> bool:
+        """Wait for the in-flight requests of ``source``; False once ``deadline`` passed.
 
         ``requested``: the drain of a switch some request asked for. Such a
-        drain that no longer serves anyone ends early (True): once the policy
-        prefers ``source`` again (its waiter left), the commit that follows
-        abandons the switch, and requests that queued for ``source`` meanwhile
-        need not wait for its longest stream.
+        drain ends early (True, requests still in flight) when requests wait
+        for ``source`` itself and the policy now prefers it (the waiter the
+        switch was for left): they need not wait for its longest stream. The
+        caller's commit then abandons the switch, or, if a switch is wanted
+        again by then, drains on.
         """
         if not self.settings.drain_before_switch:
             return True
-        timeout = self.settings.drain_timeout_secs
         m = self._models[source]
         with self._cond:
-            deadline = None if timeout is None else self.clock() + timeout
             while m.in_flight > 0:
-                if requested and (self._closed or self._wanted(source) is None):
+                if requested and (self._closed or (m.waiters and self._wanted(source) is None)):
                     return True
                 left = MAX_WAIT_SECS if deadline is None else deadline - self.clock()
                 if left <= 0:
@@ -749,7 +756,8 @@ class Switcher:
         try:
             with self._cond:
                 self._set_state(m, DRAINING)
-            if not self._drain(model):
+            timeout = self.settings.drain_timeout_secs
+            if not self._drain(model, deadline=None if timeout is None else started + timeout):
                 error = "drain timed out"
             else:
                 with self._cond:
