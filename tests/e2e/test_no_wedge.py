@@ -78,6 +78,16 @@ class RawBackend:
                 pass
 
 
+def send_chat(sock, **body) -> None:
+    """Write a chat completion request on a raw socket, as a client would."""
+    data = json.dumps({"model": "a", **body}).encode()
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+
+
 def raw_entry(port: int) -> dict:
     """A model whose backend the test runs itself: its hooks have nothing to do."""
     return {"port": port, "wake": "true", "sleep": "true", "alive": "true"}
@@ -112,20 +122,31 @@ def in_flight(server, model) -> int:
 # --- 1. releasing never depends on a generator running ---
 
 
-def test_a_backend_header_gunicorn_would_refuse_is_a_502_and_frees_the_slot(
-    llmux_factory, raw_backend
-):
-    def respond(backend, conn):
-        conn.sendall(
+@pytest.mark.parametrize(
+    "answer, named",
+    [
+        (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"X-Debug: a\x01b\r\nContent-Length: 2\r\n\r\n{}"
-        )
-
-    backend = raw_backend(respond)
+            b"X-Debug: a\x01b\r\nContent-Length: 2\r\n\r\n{}",
+            "X-Debug",
+        ),
+        # http.client hands on any 1xx but 100 as if it were the answer
+        (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            "103",
+        ),
+    ],
+    ids=["control-character-in-a-header", "interim-status"],
+)
+def test_an_answer_gunicorn_could_not_pass_on_is_a_502_and_frees_the_slot(
+    llmux_factory, raw_backend, answer, named
+):
+    backend = raw_backend(lambda backend, conn: conn.sendall(answer))
     server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
     r = server.chat("raw")
     error = assert_error(r, 502, "bad_gateway")
-    assert "X-Debug" in error["message"]
+    assert named in error["message"]
     assert in_flight(server, "raw") == 0
     assert [(x["status"], x["outcome"]) for x in finished(server, "raw")] == [(502, "error")]
     m = scrape(server)
@@ -147,17 +168,11 @@ def test_a_client_that_stops_reading_is_cut_at_the_client_timeout(llmux_factory,
         proxy={"client_timeout": 1},
     )
     assert server.chat("a", max_tokens=1).status_code == 200
-    body = json.dumps({"model": "a", "stream": stream}).encode()
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client.connect(("127.0.0.1", server.port))
     try:
-        client.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        send_chat(client, stream=stream)
         assert client.recv(4096).startswith(b"HTTP/1.1 200")
         # ... and then reads nothing more, with its connection open
         wait_for(lambda: finished(server, "a")[1:], timeout=20)
@@ -187,13 +202,8 @@ def test_a_client_leaving_before_the_response_headers_cancels_the_backend(
 
     backend = raw_backend(respond)
     server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
-    body = json.dumps({"model": "raw"}).encode()
     client = socket.create_connection(("127.0.0.1", server.port))
-    client.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    send_chat(client, model="raw")
     wait_for(lambda: backend.requests == 1, timeout=10)
     client.close()
     left = time.monotonic()
@@ -226,12 +236,7 @@ def test_a_client_leaving_a_stream_that_ends_with_the_connection_cancels_it(
     backend = raw_backend(respond)
     server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
     client = socket.create_connection(("127.0.0.1", server.port))
-    body = json.dumps({"model": "raw", "stream": True}).encode()
-    client.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    send_chat(client, model="raw", stream=True)
     client.settimeout(10)
     received = b""
     while b"data: first" not in received:
@@ -263,20 +268,6 @@ def test_a_stalled_stream_that_ends_with_the_connection_is_cut_at_the_idle_timeo
     assert time.monotonic() - started < 5, "cut at the header timeout, not the idle timeout"
     wait_for(lambda: in_flight(server, "raw") == 0, timeout=5)
     assert finished(server, "raw")[-1]["outcome"] == "upstream_aborted"
-
-
-def test_an_interim_status_as_the_answer_is_a_502(llmux_factory, raw_backend):
-    def respond(backend, conn):
-        conn.sendall(
-            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-        )
-
-    backend = raw_backend(respond)
-    server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
-    error = assert_error(server.chat("raw"), 502, "bad_gateway")
-    assert "103" in error["message"]
-    assert in_flight(server, "raw") == 0
 
 
 # --- 4. a hook's background processes keep their output pipes ---
