@@ -46,8 +46,10 @@ log = logging.getLogger("llmux.app")
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Never forwarded: framing is redone by both ends; Expect is answered by gunicorn;
-# the request id is llmux's own (sanitised) one.
-REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id"})
+# the request id is llmux's own (sanitised) one; the body goes out decoded.
+REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id", "content-encoding"})
+# llmux's own API keys, never forwarded when api_keys checks them
+CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
 # What a request keeps in its WSGI environ: its config snapshot and its Exchange.
 CONFIG, EXCHANGE = "llmux.config", "llmux.exchange"
 
@@ -90,9 +92,11 @@ class Gateway:
         self.ownership.record({awake: "awake"} if awake else {})
         return awake
 
-    def authorize(self, header: str | None, config: Config) -> None:
+    def authorize(self, header: str | None, x_api_key: str | None, config: Config) -> None:
+        """With ``api_keys`` set, one of them must come as ``Authorization: Bearer KEY``
+        (OpenAI clients) or as ``x-api-key: KEY`` (Anthropic clients)."""
         keys = config.api_keys
-        if keys and not _bearer_matches(header, keys):
+        if keys and not (_bearer_matches(header, keys) or _key_matches(x_api_key, keys)):
             raise Unauthorized("missing or invalid API key")
 
     def authorize_admin(self, header: str | None, remote_addr: str | None) -> None:
@@ -182,7 +186,7 @@ class Gateway:
             port = self.hooks.port(model)
         except KeyError:
             raise ModelNotFound(model, removed=True) from None
-        drop = REQUEST_DROP | ({"authorization"} if config.api_keys else frozenset())
+        drop = REQUEST_DROP | (CLIENT_KEYS if config.api_keys else frozenset())
         forwarded = filter_headers(headers, drop=drop)
         forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
         try:
@@ -211,11 +215,17 @@ class Gateway:
 
 def _bearer_matches(header: str | None, secrets) -> bool:
     scheme, _, token = (header or "").partition(" ")
-    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+    return _key_matches(token if scheme.lower() == "bearer" else None, secrets)
+
+
+def _key_matches(presented: str | None, secrets) -> bool:
+    if presented is None:
+        return False
+    value = presented.strip().encode()
     # compare with every secret, always, so timing says nothing about which matched
     matched = False
     for secret in secrets:
-        matched |= hmac.compare_digest(presented, secret.encode())
+        matched |= hmac.compare_digest(value, secret.encode())
     return matched
 
 
@@ -283,7 +293,8 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         config = environ[CONFIG]
         path = inbound.routed_path(environ, config.proxy.extra_paths)
         exchange = environ[EXCHANGE] = Exchange(gateway.metrics, method=request.method, path=path)
-        gateway.authorize(request.headers.get("Authorization"), config)
+        headers = request.headers
+        gateway.authorize(headers.get("Authorization"), headers.get("X-Api-Key"), config)
         if request.method == "POST":
             inbound.require_json(environ)
         proxy = config.proxy

@@ -5,8 +5,9 @@ Usage::
     llmux fake-backend --port 8001 --model llama --latency-ms 50 --tokens-per-sec 40
 
 It answers ``/health``, ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions`` and ``/v1/embeddings``, streaming Server-Sent Events of
-real ``chat.completion.chunk`` objects one token at a time, as each token is
+``/v1/completions``, ``/v1/embeddings`` and (not streamed) ``/v1/messages``,
+streaming Server-Sent Events of real ``chat.completion.chunk`` objects one
+token at a time, as each token is
 "produced". Every answer says who served it (``x_served_by``, header
 ``X-Fake-Model``) and carries the SHA-256 of the request body it got
 (``x_body_sha256``); every stream chunk carries its send time (``x_sent_at``).
@@ -78,6 +79,7 @@ class FakeBackend:
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completion,
             "/v1/embeddings": self._embeddings,
+            "/v1/messages": self._messages,
         }
         if method != "POST" or path not in handlers:
             return self._json(start_response, 404, {"error": {"message": f"no route {path}"}})
@@ -156,6 +158,23 @@ class FakeBackend:
             **extra,
         }
         return self._json(start_response, 200, result, gzipped=bool(fake.get("gzip")), fake=fake)
+
+    def _messages(self, start_response, body, fake, extra):
+        """Anthropic's Messages API, not streamed."""
+        n = self._count(body)
+        gevent.sleep(self.latency + self._gap(fake) * n)
+        result = {
+            "id": f"msg_fake{time.monotonic_ns()}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", self.model),
+            "content": [{"type": "text", "text": self._text(n)}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": n},
+            **extra,
+        }
+        return self._json(start_response, 200, result, fake=fake)
 
     def _embeddings(self, start_response, body, fake, extra):
         gevent.sleep(self.latency)

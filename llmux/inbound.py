@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
+from . import content_coding
 from .errors import (
     InvalidBody,
     InvalidModel,
@@ -77,7 +78,10 @@ def require_json(environ: dict) -> None:
 
 
 def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes (413).
+    """The whole request body, decoded, refusing more than ``limit`` bytes (413).
+
+    A body sent with ``Content-Encoding`` is decoded (:mod:`llmux.content_coding`),
+    and ``limit`` applies to the decoded size too.
 
     A declared ``Content-Length`` over the limit is refused before reading
     anything; a chunked body is counted while it is read. Under gevent, the
@@ -86,13 +90,15 @@ def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
     """
     try:
         with _deadline(timeout):
-            return _read_body(environ, limit)
+            body = _read_body(environ, limit)
     except RequestBodyTimeout:
         environ["llmux.body_unread"] = True
         raise
     except TimeoutError:  # the client socket's own deadline: nothing came for that long
         environ["llmux.body_unread"] = True
         raise RequestBodyTimeout("request body stopped arriving") from None
+    coding = environ.get("HTTP_CONTENT_ENCODING")
+    return content_coding.decode(body, coding, limit) if coding else body
 
 
 @contextlib.contextmanager
