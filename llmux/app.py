@@ -27,7 +27,7 @@ from flask import Flask, Response, request
 from prometheus_client import exposition
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, inbound, logs
+from . import __version__, forms, inbound, logs
 from .admin import admin_blueprint
 from .config import Config, load_config
 from .errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
@@ -295,11 +295,14 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         exchange = environ[EXCHANGE] = Exchange(gateway.metrics, method=request.method, path=path)
         headers = request.headers
         gateway.authorize(headers.get("Authorization"), headers.get("X-Api-Key"), config)
-        if request.method == "POST":
-            inbound.require_json(environ)
+        kind = inbound.body_kind(environ) if request.method == "POST" else "json"
+        inbound.refuse_cross_site(environ)
         proxy = config.proxy
         body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)
-        model = inbound.model_of(body)
+        if kind == "form":
+            model = forms.model_of_form(body, environ.get("CONTENT_TYPE", ""))
+        else:
+            model = inbound.model_of(body)
         if model not in config.models:
             raise ModelNotFound(model)
         exchange.model = model

@@ -5,7 +5,8 @@ Usage::
     llmux fake-backend --port 8001 --model llama --latency-ms 50 --tokens-per-sec 40
 
 It answers ``/health``, ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``, ``/v1/embeddings`` and (not streamed) ``/v1/messages``,
+``/v1/completions``, ``/v1/embeddings``, (not streamed) ``/v1/messages``, and
+``/v1/audio/transcriptions`` and ``/translations`` (a fixed text for any form),
 streaming Server-Sent Events of real ``chat.completion.chunk`` objects one
 token at a time, as each token is
 "produced". Every answer says who served it (``x_served_by``, header
@@ -81,6 +82,14 @@ class FakeBackend:
             "/v1/embeddings": self._embeddings,
             "/v1/messages": self._messages,
         }
+        if method == "POST" and path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            raw = environ["wsgi.input"].read()  # a multipart form: answered, not parsed
+            result = {
+                "text": "the quick brown fox",
+                "x_served_by": self.model,
+                "x_body_sha256": hashlib.sha256(raw).hexdigest(),
+            }
+            return self._json(start_response, 200, result)
         if method != "POST" or path not in handlers:
             return self._json(start_response, 404, {"error": {"message": f"no route {path}"}})
         raw = environ["wsgi.input"].read()

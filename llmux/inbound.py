@@ -3,7 +3,8 @@
 Usage::
 
     path = routed_path(environ, extra_paths)          # NotFound unless allowlisted
-    require_json(environ)                             # UnsupportedMediaType
+    kind = body_kind(environ)                         # "json" | "form", or UnsupportedMediaType
+    refuse_cross_site(environ)                        # Forbidden
     body = read_body(environ, limit)                  # RequestTooLarge, InvalidBody
     model = model_of(body)                            # InvalidBody, InvalidModel
 
@@ -25,8 +26,9 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from . import content_coding
+from . import content_coding, forms
 from .errors import (
+    Forbidden,
     InvalidBody,
     InvalidModel,
     NotFound,
@@ -70,11 +72,37 @@ def routed_path(environ: dict, extra_paths: Iterable[str] = ()) -> str:
     raise NotFound(f"no route for {clip(path)}")
 
 
-def require_json(environ: dict) -> None:
+def body_kind(environ: dict) -> str:
+    """``"json"`` or ``"form"`` (multipart/form-data) from Content-Type; else 415."""
     content_type = environ.get("CONTENT_TYPE", "")
-    if not _JSON_TYPE.fullmatch(content_type.strip()):
-        shown = f"'{clip(content_type)}'" if content_type else "none"
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {shown}")
+    if _JSON_TYPE.fullmatch(content_type.strip()):
+        return "json"
+    if forms.is_form(content_type):
+        return "form"
+    shown = f"'{clip(content_type)}'" if content_type else "none"
+    raise UnsupportedMediaType(
+        f"Content-Type must be application/json or multipart/form-data, got {shown}"
+    )
+
+
+def refuse_cross_site(environ: dict) -> None:
+    """403 for a request a browser sends on behalf of another site.
+
+    Any web page can make a browser POST a form to 127.0.0.1, and so make
+    llmux switch models (run hooks). Browsers say where such a request comes
+    from: ``Sec-Fetch-Site`` (Fetch Metadata, sent by every current browser)
+    other than ``same-origin`` or ``none`` (typed by the user), or an
+    ``Origin`` that is not this server's own. Clients that are not browsers
+    (SDKs, curl) send neither and are not affected.
+    """
+    site = environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
+    if site and site not in ("same-origin", "none"):
+        raise Forbidden(f"cross-site requests are refused (Sec-Fetch-Site: {clip(site, 32)})")
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None:
+        host = environ.get("HTTP_HOST", "")
+        if urlsplit(origin.strip()).netloc.lower() != host.lower() or not host:
+            raise Forbidden(f"cross-origin requests are refused (Origin: {clip(origin, 64)})")
 
 
 def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:

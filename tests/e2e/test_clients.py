@@ -122,3 +122,116 @@ def test_the_anthropic_sdk_authenticates_with_x_api_key(llmux_factory):
     seen = {k.lower() for k in r.json()["x_headers"]}
     assert "x-api-key" not in seen and "authorization" not in seen
     assert "anthropic-version" in seen
+
+
+# --- multipart forms ---
+
+AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 8  # any bytes will do
+
+
+def test_the_openai_sdk_transcribes_through_llmux(llmux, tmp_path):
+    from openai import OpenAI
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(AUDIO)
+    client = OpenAI(base_url=llmux.url + "/v1", api_key="unused", max_retries=0)
+    with path.open("rb") as fh:
+        text = client.audio.transcriptions.create(model="b", file=fh)
+    assert text.text == "the quick brown fox"
+    assert llmux.hook_runs("wake") == [("wake", "b")]
+
+
+def test_curl_form_is_routed_by_its_model_field_and_forwarded_byte_for_byte(llmux, tmp_path):
+    import subprocess
+
+    (tmp_path / "a.wav").write_bytes(AUDIO)
+    trace = tmp_path / "sent.bin"
+    r = subprocess.run(
+        [
+            "curl", "-sS", "-m", "30", "--trace", str(trace),
+            "-F", "model=c", "-F", f"file=@{tmp_path / 'a.wav'}",
+            llmux.url + "/v1/audio/translations",
+        ],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    answer = json.loads(r.stdout)
+    assert answer["x_served_by"] == "c" and answer["text"] == "the quick brown fox"
+    # the body the backend hashed is the one curl sent
+    sent = _curl_request_body(trace.read_text())
+    assert answer["x_body_sha256"] == hashlib.sha256(sent).hexdigest()
+
+
+def _curl_request_body(trace: str) -> bytes:
+    """The request body from ``curl --trace`` (its "=> Send data" hex dumps)."""
+    body, sending = bytearray(), False
+    for line in trace.splitlines():
+        if line.startswith("=> Send data"):
+            sending = True
+        elif line.startswith(("<=", "=>", "==")):
+            sending = False
+        elif sending and ":" in line:
+            hexpart = line.split(":", 1)[1][:49]
+            body += bytes.fromhex(hexpart.replace(" ", ""))
+    return bytes(body)
+
+
+@pytest.mark.parametrize(
+    "fields, code",
+    [
+        ({"file": ("a.wav", AUDIO)}, "invalid_model"),
+        ({"model": (None, "a"), "extra": (None, "x"), "model ": (None, "b")}, None),
+    ],
+    ids=["no-model", "extra-fields"],
+)
+def test_form_edge_cases(llmux, fields, code):
+    r = requests.post(llmux.url + "/v1/audio/transcriptions", files=fields, timeout=30)
+    if code is None:
+        assert r.status_code == 200 and r.json()["x_served_by"] == "a"
+    else:
+        assert_error(r, 400, code, param="model")
+
+
+def test_two_model_fields_are_refused(llmux):
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\na\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nb\r\n--XX--\r\n'
+    )
+    r = requests.post(
+        llmux.url + "/v1/audio/transcriptions",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=XX"},
+        timeout=30,
+    )
+    assert_error(r, 400, "invalid_body")
+    assert llmux.hook_runs() == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # another port of localhost is another site's page
+    ],
+    ids=["origin", "null-origin", "cross-site", "same-site"],
+)
+def test_a_browser_form_from_another_site_switches_nothing(llmux, headers):
+    r = requests.post(
+        llmux.url + "/v1/audio/transcriptions",
+        files={"model": (None, "b"), "file": ("a.wav", AUDIO)},
+        headers=headers,
+        timeout=30,
+    )
+    assert_error(r, 403, "forbidden")
+    assert llmux.hook_runs() == []
+
+
+def test_a_same_origin_page_may_post(llmux):
+    r = requests.post(
+        llmux.url + "/v1/chat/completions",
+        json={"model": "a", "messages": []},
+        headers={"Origin": llmux.url, "Sec-Fetch-Site": "same-origin"},
+        timeout=30,
+    )
+    assert r.status_code == 200

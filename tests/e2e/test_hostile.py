@@ -287,7 +287,7 @@ def test_s7_no_cors_for_foreign_origins(llmux):
         timeout=5,
     )
     assert "Access-Control-Allow-Origin" not in r.headers
-    assert r.status_code in (400, 404)
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]["message"]
     assert llmux.hook_runs() == []
 
 

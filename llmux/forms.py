@@ -1,0 +1,67 @@
+"""The ``model`` field of a ``multipart/form-data`` request body.
+
+Usage::
+
+    model = model_of_form(body, environ["CONTENT_TYPE"])   # InvalidBody, InvalidModel
+
+The OpenAI endpoints that upload files (``/v1/audio/transcriptions``,
+``/v1/audio/translations``, ``/v1/images/edits``, ``/v1/images/variations``)
+take a form, not JSON, with ``model`` as one of its fields. The body is parsed
+here only to find that field, with Werkzeug's incremental multipart decoder
+(RFC 7578), and is forwarded byte for byte; file parts are passed over
+without being copied.
+"""
+
+from __future__ import annotations
+
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from .errors import InvalidBody, InvalidModel, clip
+
+MAX_FIELD_BYTES = 1024  # a model name is at most 128 characters
+
+
+def is_form(content_type: str) -> bool:
+    return parse_options_header(content_type)[0].lower() == "multipart/form-data"
+
+
+def model_of_form(body: bytes, content_type: str) -> str:
+    """The form's ``model`` field, exactly as sent; refuses a form with none or two."""
+    boundary = parse_options_header(content_type)[1].get("boundary")
+    if not boundary:
+        raise InvalidBody("multipart/form-data without a boundary")
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
+    decoder.receive_data(body)
+    decoder.receive_data(None)
+    found: list[bytes] = []
+    current: bytearray | None = None
+    try:
+        while True:
+            event = decoder.next_event()
+            if isinstance(event, NeedData | Epilogue):
+                break
+            if isinstance(event, Field):
+                current = bytearray() if event.name == "model" else None
+            elif isinstance(event, File):
+                current = None
+            elif isinstance(event, Data) and current is not None:
+                current += event.data
+                if len(current) > MAX_FIELD_BYTES:
+                    raise InvalidModel("the form's 'model' field is too long")
+                if not event.more_data:
+                    found.append(bytes(current))
+                    current = None
+    except ValueError as exc:  # werkzeug's word for a malformed form
+        raise InvalidBody(f"request body is not a valid form: {clip(str(exc), 80)}") from None
+    if len(found) > 1:
+        raise InvalidBody("the form has more than one 'model' field")
+    if not found:
+        raise InvalidModel("the form has no 'model' field")
+    try:
+        model = found[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidModel("the form's 'model' field is not valid UTF-8") from None
+    if not model:
+        raise InvalidModel("'model' must be a non-empty string")
+    return model
