@@ -37,15 +37,6 @@ log = logging.getLogger("llmux.request")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
-# How a request ended, for the request_finished event and llmux_request_outcomes_total.
-OUTCOMES = (
-    "completed",  # the whole answer was sent
-    "error",  # llmux answered with an error of its own
-    "client_closed",  # the client left first
-    "client_stalled",  # a write to the client blocked for proxy.client_timeout: cut
-    "upstream_aborted",  # the backend failed after the response headers
-)
-
 
 def request_id_from(header: str | None) -> str:
     """The client's ``X-Request-Id`` when it is short and plain, else a new one."""
@@ -107,7 +98,14 @@ class Exchange:
             self.metrics.request_headers_sent(self.model, self.ttfb)
 
     def close(self, status: int, outcome: str, code: str | None = None) -> None:
-        """Release everything the request holds and record how it ended; once only."""
+        """Release everything the request holds and record how it ended; once only.
+
+        ``outcome``, for ``request_finished`` and ``llmux_request_outcomes_total``:
+        ``completed`` (the whole answer was sent), ``error`` (llmux answered with
+        an error of its own), ``client_closed`` (the client left first),
+        ``client_stalled`` (a write to it blocked for ``proxy.client_timeout``),
+        ``upstream_aborted`` (the backend failed after the response headers).
+        """
         if self.closed:
             return
         self.closed = True

@@ -378,8 +378,7 @@ class Switcher:
                 self._set_state(self._models[source], DRAINING)
         if source is not None:
             t0 = self.clock()
-            timeout = self.settings.drain_timeout_secs
-            deadline = None if timeout is None else t0 + timeout
+            deadline = self._drain_deadline(t0)
             with self._cond:
                 self.observer.drain_started(source, target, self._models[source].in_flight)
             while True:
@@ -393,7 +392,8 @@ class Switcher:
                         started,
                         SwitchTimeout(
                             f"model '{source}' did not finish its requests within "
-                            f"{timeout:g}s; switch to '{target}' abandoned",
+                            f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' "
+                            "abandoned",
                             retry_after=1,
                         ),
                         "drain timed out",
@@ -475,15 +475,7 @@ class Switcher:
             self._set_state(m, AWAKE)
             self._admit_all(m)
         seconds = self.clock() - started
-        self.last_switch = {
-            "from": source,
-            "to": target,
-            "ok": False,
-            "result": "abandoned",
-            "error": reason,
-            "duration_secs": seconds,
-            "phases": dict(phases),
-        }
+        self._record_switch(source, target, "abandoned", reason, seconds, phases)
         self.observer.switch_abandoned(source, target, reason, seconds)
         self._free_slot()
         return None
@@ -503,6 +495,11 @@ class Switcher:
         if isinstance(decision, WaitUntil):  # cannot happen without backoff; go on
             return self._target
         return None
+
+    def _drain_deadline(self, start: float) -> float | None:
+        """When a drain begun at ``start`` times out (``drain_timeout_secs``); None: never."""
+        timeout = self.settings.drain_timeout_secs
+        return None if timeout is None else start + timeout
 
     def _drain(self, source: str, requested: bool = False, deadline: float | None = None) -> bool:
         """Wait for the in-flight requests of ``source``; False once ``deadline`` passed.
@@ -633,17 +630,21 @@ class Switcher:
         """Record the outcome and let the policy pick the next move (lock held)."""
         seconds = self.clock() - started
         ema = self.costs.observe(source, target, seconds) if ok else None
+        self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
+        self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
+        self._free_slot()
+
+    def _record_switch(self, source, target, result, error, seconds, phases) -> None:
+        """``last_switch`` for the status API (lock held); result: success|failure|abandoned."""
         self.last_switch = {
             "from": source,
             "to": target,
-            "ok": ok,
-            "result": "success" if ok else "failure",
+            "ok": result == "success",
+            "result": result,
             "error": error,
             "duration_secs": seconds,
             "phases": dict(phases or {}),
         }
-        self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
-        self._free_slot()
 
     def _free_slot(self) -> None:
         """The switch, sleep, start-up or recheck is over: the policy picks next (lock held)."""
@@ -756,8 +757,7 @@ class Switcher:
         try:
             with self._cond:
                 self._set_state(m, DRAINING)
-            timeout = self.settings.drain_timeout_secs
-            if not self._drain(model, deadline=None if timeout is None else started + timeout):
+            if not self._drain(model, deadline=self._drain_deadline(started)):
                 error = "drain timed out"
             else:
                 with self._cond:
