@@ -16,66 +16,13 @@ import time
 
 import pytest
 
-from tests.helpers import read_request, wait_for
+from tests.helpers import RawServer, wait_for
 
 from .conftest import free_port, model_entry
 from .test_errors import assert_error
 from .test_telemetry import scrape, value
 
 pytestmark = pytest.mark.e2e
-
-
-class RawBackend:
-    """A backend speaking raw HTTP/1.1 on loopback: ``respond(conn)`` answers each request.
-
-    ``eof_at`` collects the monotonic times at which llmux closed a connection
-    that was still waiting for its answer (what a real backend sees as a cancel).
-    """
-
-    def __init__(self, respond):
-        self.respond = respond
-        self.eof_at: list[float] = []
-        self.requests = 0
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = self._sock.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        with conn:
-            if read_request(conn) is not None:
-                self.requests += 1
-                self.respond(self, conn)
-
-    def wait_for_eof(self, conn, limit: float) -> None:
-        """Block until llmux closes ``conn`` (recorded), or ``limit`` seconds pass."""
-        conn.settimeout(limit)
-        try:
-            if conn.recv(1) == b"":
-                self.eof_at.append(time.monotonic())
-        except OSError:
-            self.eof_at.append(time.monotonic())
-
-    def close(self):
-        self._sock.close()
-        for conn in self._conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
 
 
 def send_chat(sock, **body) -> None:
@@ -95,10 +42,14 @@ def raw_entry(port: int) -> dict:
 
 @pytest.fixture
 def raw_backend():
+    """A backend in this process: ``respond(backend, conn)`` answers each connection's
+    first request, however a real backend never would."""
     started = []
 
     def start(respond):
-        backend = RawBackend(respond)
+        backend = RawServer(
+            lambda server, conn: server.read_request(conn) and respond(server, conn)
+        )
         started.append(backend)
         return backend
 

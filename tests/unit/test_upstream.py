@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
 
 import pytest
 
 from llmux.config import ProxyConfig
 from llmux.errors import BadGateway
 from llmux.proxy import Upstream
-from tests.helpers import read_request
+from tests.helpers import RawServer
 
 OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
@@ -18,7 +17,7 @@ OK = (
 )
 
 
-class Server:
+def racing_server(answer=True) -> RawServer:
     """Answers the first request on each connection; then reads the next one and hangs up.
 
     That is what a server closing an idle keep-alive connection looks like when
@@ -26,39 +25,12 @@ class Server:
     ``answer`` False: hang up without answering even the first request.
     """
 
-    def __init__(self, answer=True):
-        self.answer = answer
-        self.requests = 0
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+    def serve(server, conn):
+        if server.read_request(conn) and answer:
+            conn.sendall(OK)
+            server.read_request(conn)  # then close without a word
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _read_request(self, conn) -> bool:
-        if read_request(conn) is None:
-            return False
-        self.requests += 1
-        return True
-
-    def _one(self, conn):
-        with conn:
-            if self._read_request(conn) and self.answer:
-                conn.sendall(OK)
-                self._read_request(conn)  # then close without a word
-
-    def close(self):
-        self.sock.close()
+    return RawServer(serve)
 
 
 @pytest.fixture
@@ -76,7 +48,7 @@ def send(upstream, port):
 
 
 def test_a_reused_connection_the_server_dropped_is_retried_once_on_a_new_one(upstream):
-    server = Server()
+    server = racing_server()
     try:
         assert send(upstream, server.port) == (200, b"{}")
         assert send(upstream, server.port) == (200, b"{}")  # first try hit the dead connection
@@ -87,7 +59,7 @@ def test_a_reused_connection_the_server_dropped_is_retried_once_on_a_new_one(ups
 
 
 def test_a_fresh_connection_closed_without_an_answer_is_not_retried(upstream):
-    server = Server(answer=False)
+    server = racing_server(answer=False)
     try:
         with pytest.raises(BadGateway) as err:
             send(upstream, server.port)
