@@ -27,7 +27,7 @@ from flask import Flask, Response, request
 from prometheus_client import exposition
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, forms, inbound, logs
+from . import __version__, bodies, cors, inbound, loading, logs
 from .admin import admin_blueprint
 from .config import Config, load_config
 from .errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
@@ -36,7 +36,7 @@ from .exchange import Exchange, request_id_from
 from .history import History
 from .hooks import HookRunner
 from .ownership import Ownership, StateRecorder, reconcile
-from .proxy import BackendUnreachable, Upstream, filter_headers
+from .proxy import BackendUnreachable, Reply, Upstream, filter_headers
 from .reloading import Reloader
 from .server import is_loopback
 from .switcher import Switcher, SwitchSettings
@@ -122,14 +122,28 @@ class Gateway:
         if self.config.shutdown.sleep_active and active is not None:
             self.switcher.sleep(active, reason="shutdown", timeout=5.0)
 
-    def model_entry(self, name: str) -> dict:
-        return {
+    def model_entries(self, config: Config) -> list[dict]:
+        """``/v1/models``: every model, then every alias, sorted by name within each."""
+        names = sorted(config.names, key=lambda n: (config.names[n] != n, n))
+        return [self.model_entry(name, config) for name in names]
+
+    def model_entry(self, name: str, config: Config) -> dict:
+        """One OpenAI model object for a model or alias name; ``ModelNotFound`` if neither."""
+        model = config.resolve(name)
+        if model is None:
+            raise ModelNotFound(name)
+        entry = {
             "id": name,
             "object": "model",
             "created": 0,
             "owned_by": "llmux",
-            "state": self.switcher.state(name),
+            "state": self.switcher.state(model),
         }
+        if model != name:
+            entry["alias_of"] = model
+        elif config.models[model].aliases:
+            entry["aliases"] = list(config.models[model].aliases)
+        return entry
 
     def status(self) -> dict:
         """What the admin API, the page and ``llmux status`` show."""
@@ -151,17 +165,23 @@ class Gateway:
             "hook_failures": self.history.hook_failures(),
         }
 
-    def wake(self, model: str, environ: dict) -> dict:
-        """Wake ``model`` the way a request for it would, and return once it is awake."""
-        if model not in self.config.models:
-            raise ModelNotFound(model)
+    def _model_named(self, name: str) -> str:
+        model = self.config.resolve(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
+
+    def wake(self, name: str, environ: dict) -> dict:
+        """Wake a model (by its name or an alias) the way a request for it would,
+        and return once it is awake."""
+        model = self._model_named(name)
         ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
         ticket.release()
         return {"model": model, "state": self.switcher.state(model), "waited_secs": ticket.waited}
 
-    def sleep(self, model: str) -> dict:
-        if model not in self.config.models:
-            raise ModelNotFound(model)
+    def sleep(self, name: str) -> dict:
+        """Drain a model (by its name or an alias) and run its sleep hook."""
+        model = self._model_named(name)
         timeout = self.config.hook_timeout(model, "sleep") + 60.0
         state = self.switcher.sleep(model, reason="admin", timeout=timeout)
         return {"model": model, "state": state}
@@ -171,16 +191,53 @@ class Gateway:
         return self.reloader.reload()
 
     def forward(
-        self, exchange: Exchange, environ: dict, headers, body: bytes, config: Config
+        self,
+        exchange: Exchange,
+        environ: dict,
+        headers,
+        body: bytes,
+        config: Config,
+        *,
+        stream: bool = False,
     ) -> Response:
         """Wait for the model, send the request, and answer with the backend's reply.
 
         ``exchange`` holds the ticket and the reply from the moment each exists;
         whatever is raised here, the error answer closes it (see ``create_app``).
+        A ``stream`` request for a model with ``stream_loading`` that has to
+        wait is answered at once, with its progress (:mod:`llmux.loading`).
         """
         model = exchange.model
-        ticket = self.switcher.acquire(model, cancelled=inbound.client_gone_probe(environ))
+        cancelled = inbound.client_gone_probe(environ)
+        exchange.arrived(self.switcher.state(model))
+
+        def send() -> Reply:
+            return self._send(exchange, environ, headers, body, config)
+
+        if stream and config.loading_progress(model):
+            admission = loading.Admission(self.switcher, model, cancelled)
+            if not admission.settle():
+                exchange.early = True
+                relay = loading.LoadingRelay(exchange, admission, environ, send)
+                exchange.body = relay
+                return Response(relay, status=200, headers=list(loading.HEADERS))
+            ticket = admission.take()
+        else:
+            ticket = self.switcher.acquire(model, cancelled=cancelled)
         exchange.admitted(ticket, environ)
+        reply = exchange.reply = send()
+        response = Response(exchange.relay(), status=reply.status, direct_passthrough=True)
+        response.headers.clear()
+        for name, value in reply.headers:
+            if not cors.is_cors_header(name):
+                response.headers.add(name, value)
+        if response.mimetype == "text/event-stream":
+            response.headers["X-Accel-Buffering"] = "no"
+        return response
+
+    def _send(self, exchange: Exchange, environ: dict, headers, body: bytes, config) -> Reply:
+        """Send an admitted request to its model's backend; the reply's headers are in."""
+        model = exchange.model
         try:
             # the hooks' config: what the backend was woken with, across reloads
             port = self.hooks.port(model)
@@ -190,7 +247,7 @@ class Gateway:
         forwarded = filter_headers(headers, drop=drop)
         forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
         try:
-            exchange.reply = self.upstream.send(
+            return self.upstream.send(
                 environ["REQUEST_METHOD"],
                 port,
                 exchange.path,
@@ -203,14 +260,6 @@ class Gateway:
         except BackendUnreachable:
             self.switcher.backend_unreachable(model)  # dead? then the next request re-wakes it
             raise
-        reply = exchange.reply
-        response = Response(exchange.relay(), status=reply.status, direct_passthrough=True)
-        response.headers.clear()
-        for name, value in reply.headers:
-            response.headers.add(name, value)
-        if response.mimetype == "text/event-stream":
-            response.headers["X-Accel-Buffering"] = "no"
-        return response
 
 
 def _bearer_matches(header: str | None, secrets) -> bool:
@@ -233,8 +282,19 @@ def error_response(error: LlmuxError) -> Response:
     # nginx's name for 499; werkzeug would send "499 UNKNOWN"
     status = "499 Client Closed Request" if error.status == 499 else error.status
     response = Response(_json(error.envelope()), status=status, content_type="application/json")
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(0, math.ceil(error.retry_after)))
+    retry_after = error.retry_after
+    if retry_after is None and error.status in (429, 503):
+        # every 429 and 503 says when to come back; 1 s where nothing better is
+        # known (shutting down: a restart's new worker takes about that long)
+        retry_after = 1
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
+    return response
+
+
+def _empty(status: int, headers: list[tuple[str, str]]) -> Response:
+    response = Response(status=status, headers=headers)
+    del response.headers["Content-Type"]  # no body, no type
     return response
 
 
@@ -258,14 +318,13 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
 
     @app.get("/v1/models")
     def list_models():
-        data = [gateway.model_entry(n) for n in sorted(gateway.config.models)]
+        data = gateway.model_entries(request.environ[CONFIG])
         return Response(_json({"object": "list", "data": data}), content_type="application/json")
 
     @app.get("/v1/models/<path:model_id>")
     def get_model(model_id):
-        if model_id not in gateway.config.models:
-            raise ModelNotFound(model_id)
-        return Response(_json(gateway.model_entry(model_id)), content_type="application/json")
+        entry = gateway.model_entry(model_id, request.environ[CONFIG])
+        return Response(_json(entry), content_type="application/json")
 
     @app.get("/metrics")
     def metrics():
@@ -280,10 +339,26 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         config = environ[CONFIG] = gateway.config
         inbound.prepare_client_socket(environ, config.proxy.client_timeout)
         logs.request_id.set(request_id_from(request.headers.get("X-Request-Id")))
+        if request.method == "OPTIONS":  # answered here, on every path, never forwarded
+            if cors.is_preflight(environ):
+                return _empty(*cors.preflight(environ, config.cors))
+            return _empty(204, [("Allow", ", ".join(ALL_METHODS))])
+        return None
 
     @app.after_request
-    def return_request_id(response):
+    def add_headers(response):
+        environ = request.environ
         response.headers["X-Request-Id"] = logs.request_id.get() or ""
+        exchange = environ.get(EXCHANGE)
+        if exchange is not None and exchange.arrived_state is not None:
+            response.headers["X-Llmux-Model-State"] = exchange.arrived_state
+            wait = exchange.queue_wait()
+            if wait is not None:
+                response.headers["X-Llmux-Queue-Wait-Ms"] = str(round(wait * 1000))
+        config = environ.get(CONFIG)
+        if config is not None and not cors.is_preflight(environ):
+            for name, value in cors.response_headers(environ, config.cors):
+                response.headers[name] = value
         return response
 
     @app.route("/", methods=ALL_METHODS)
@@ -295,18 +370,22 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         exchange = environ[EXCHANGE] = Exchange(gateway.metrics, method=request.method, path=path)
         headers = request.headers
         gateway.authorize(headers.get("Authorization"), headers.get("X-Api-Key"), config)
-        kind = inbound.body_kind(environ) if request.method == "POST" else "json"
-        inbound.refuse_cross_site(environ)
+        if request.method == "POST":
+            inbound.body_kind(environ)
+        inbound.refuse_cross_site(environ, lambda origin: cors.allowed(origin, config.cors))
         proxy = config.proxy
         body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)
-        if kind == "form":
-            model = forms.model_of_form(body, environ.get("CONTENT_TYPE", ""))
-        else:
-            model = inbound.model_of(body)
-        if model not in config.models:
-            raise ModelNotFound(model)
-        exchange.model = model
-        return gateway.forward(exchange, environ, request.headers.items(), body, config)
+        content_type = environ.get("CONTENT_TYPE", "")
+        fields = bodies.read_fields(body, content_type)
+        model = config.resolve(fields.model)
+        if model is None:
+            raise ModelNotFound(fields.model)
+        exchange.model, exchange.requested = model, fields.model
+        upstream_name = config.upstream_name(model)
+        if fields.model != upstream_name:  # an alias, or upstream_model
+            body = bodies.with_model(body, content_type, upstream_name)
+        headers = request.headers.items()
+        return gateway.forward(exchange, environ, headers, body, config, stream=fields.stream)
 
     @app.errorhandler(LlmuxError)
     def llmux_error(error: LlmuxError):

@@ -93,7 +93,12 @@ def check(config_file):
     click.echo(f"{path}: ok: listens on {config.host}:{config.port}, {len(config.models)} models")
     for name in sorted(config.models):
         model = config.models[name]
-        click.echo(f"  {name}: backend http://127.0.0.1:{model.port}")
+        line = f"  {name}: backend http://127.0.0.1:{model.port}"
+        if model.aliases:
+            line += f", aliases {', '.join(model.aliases)}"
+        if model.upstream_model:
+            line += f", sent to the backend as {model.upstream_model}"
+        click.echo(line)
     p = config.policy
     click.echo(
         f"  policy {p.policy_type}: request_timeout_secs={p.request_timeout_secs}, "

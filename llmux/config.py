@@ -15,6 +15,7 @@ numbers are all collected and reported together, each as
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -110,6 +111,25 @@ def string_list(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
     return check
 
 
+def model_name(value: Any) -> str:
+    if isinstance(value, str) and MODEL_NAME.fullmatch(value):
+        return value
+    raise ValueError(
+        f"model names must match {MODEL_NAME.pattern} "
+        f"(letters, digits and ._:/@+- only), got {_show(value)}"
+    )
+
+
+def origin(value: Any) -> str:
+    """A browser origin as RFC 6454 serialises it: ``scheme://host[:port]``, lower case."""
+    if isinstance(value, str) and _ORIGIN.fullmatch(value):
+        return value.lower()
+    raise ValueError(f"expected an origin like https://app.example.com, got {_show(value)}")
+
+
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")
+
+
 def url_path(value: Any) -> str:
     if isinstance(value, str) and value.startswith("/") and ".." not in value and "%" not in value:
         return value.rstrip("/") or "/"
@@ -177,6 +197,12 @@ class ModelConfig:
     timeouts: HookTimeouts = section(HookTimeouts)
     # None: the policy's idle_sleep_secs; 0: never put to sleep for idleness
     idle_sleep_secs: float | None = setting(None, optional(seconds(allow_zero=True)))
+    # more names clients may use for this model; unique across models and aliases
+    aliases: tuple[str, ...] = setting((), string_list(model_name))
+    # the `model` the backend receives, when it answers only its own name
+    upstream_model: str | None = setting(None, optional(text))
+    # None: the top-level stream_loading
+    stream_loading: bool | None = setting(None, optional(boolean))
 
     def hook(self, kind: str) -> str:
         return getattr(self, kind)
@@ -211,6 +237,13 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class CorsConfig:
+    # origins whose browser pages may call llmux; empty: no CORS headers, preflights 403
+    allow_origins: tuple[str, ...] = setting((), string_list(origin))
+    max_age: int = setting(600, integer(0, 86400))  # seconds a browser may cache a preflight
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     # without a token (here or in $LLMUX_ADMIN_TOKEN) the admin API answers loopback only
     token: str | None = setting(None, optional(text))
@@ -238,6 +271,9 @@ class Config:
     hooks: HookDefaults = section(HookDefaults)
     proxy: ProxyConfig = section(ProxyConfig)
     api_keys: tuple[str, ...] = setting((), string_list(text))
+    cors: CorsConfig = section(CorsConfig)
+    # streaming requests that wait for a switch get SSE comments with their progress
+    stream_loading: bool = setting(False, boolean)
     admin: AdminConfig = section(AdminConfig)
     startup: StartupConfig = section(StartupConfig)
     shutdown: ShutdownConfig = section(ShutdownConfig)
@@ -263,6 +299,26 @@ class Config:
 
     def admin_token(self) -> str | None:
         return self.admin.token or os.environ.get("LLMUX_ADMIN_TOKEN") or None
+
+    @functools.cached_property
+    def names(self) -> Mapping[str, str]:
+        """Every name a request may use (models and aliases) -> the model it names."""
+        names = {alias: name for name, m in self.models.items() for alias in m.aliases}
+        names.update((name, name) for name in self.models)
+        return MappingProxyType(names)
+
+    def resolve(self, name: str) -> str | None:
+        """The configured model a requested name (a model's or an alias) stands for."""
+        return self.names.get(name)
+
+    def upstream_name(self, model: str) -> str:
+        """The ``model`` value ``model``'s backend receives."""
+        return self.models[model].upstream_model or model
+
+    def loading_progress(self, model: str) -> bool:
+        """Whether ``model``'s waiting streams get progress comments (``stream_loading``)."""
+        own = self.models[model].stream_loading
+        return self.stream_loading if own is None else own
 
 
 # --- building ---
@@ -316,11 +372,10 @@ def _build_models(raw: Any, problems: list[str]) -> dict[str, ModelConfig]:
     models = {}
     for name, spec in raw.items():
         where = f"models.{name}"
-        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
-            problems.append(
-                f"{where}: model names must match {MODEL_NAME.pattern} "
-                f"(letters, digits and ._:/@+- only), got {_show(name)}"
-            )
+        try:
+            model_name(name)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
             continue
         model = _build(ModelConfig, spec, where, problems, name=name)
         if model is not None:
@@ -339,6 +394,7 @@ def parse_config(raw: Any, path: str, *, port: int | None = None) -> Config:
         config = dataclasses.replace(config, port=port)
     if config is not None:
         _check_ports(config, problems)
+        _check_names(config, problems)
         preload = config.startup.preload
         if preload is not None and preload not in config.models:
             problems.append(f"startup.preload: {_show(preload)} is not a configured model")
@@ -356,6 +412,19 @@ def _check_ports(config: Config, problems: list[str]) -> None:
             )
         else:
             owners[model.port] = f"model {name}"
+
+
+def _check_names(config: Config, problems: list[str]) -> None:
+    """A name must stand for one model: no alias equals a model's name or another alias."""
+    owners = {name: f"the name of model {name}" for name in config.models}
+    for name, model in config.models.items():
+        for i, alias in enumerate(model.aliases):
+            if alias in owners:
+                problems.append(
+                    f"models.{name}.aliases[{i}]: {_show(alias)} is already {owners[alias]}"
+                )
+            else:
+                owners[alias] = f"an alias of model {name}"
 
 
 def load_config(path: str, *, port: int | None = None) -> Config:

@@ -59,8 +59,12 @@ class Exchange:
         self.path = path
         self.clock = clock
         self.started = clock()
-        self.model: str | None = None
+        self.model: str | None = None  # the configured model
+        self.requested: str | None = None  # the name the client used: the model or an alias
         self.waited = 0.0
+        self.arrived_state: str | None = None  # the model's state when it asked for it
+        self.queued_at: float | None = None
+        self.early = False  # its headers went out before it was admitted (stream_loading)
         self.ttfb: float | None = None
         self.ticket = None  # the switcher's Ticket once admitted
         self.reply: Reply | None = None
@@ -69,6 +73,20 @@ class Exchange:
         self.body: Relay | None = None
         self._watch: inbound.ClientWatch | None = None
         self.closed = False
+
+    def arrived(self, state: str) -> None:
+        """It asks for its model now, which is in ``state`` (``X-Llmux-Model-State``)."""
+        self.arrived_state = state
+        self.queued_at = self.clock()
+
+    def queue_wait(self) -> float | None:
+        """Seconds it waited for its model (``X-Llmux-Queue-Wait-Ms``): until admitted,
+        or, if never admitted, until now; None when unknown at header time."""
+        if self.ticket is not None:
+            return self.waited
+        if self.queued_at is None or self.early:
+            return None
+        return self.clock() - self.queued_at
 
     def admitted(self, ticket, environ: dict) -> None:
         """Hold ``ticket`` and watch the client from now until the last byte."""
@@ -135,6 +153,8 @@ class Exchange:
             "duration_secs": round(seconds, 6),
             "wait_secs": round(self.waited, 6),
         }
+        if self.requested not in (None, self.model):
+            fields["alias"] = self.requested
         if self.ttfb is not None:
             fields["ttfb_secs"] = round(self.ttfb, 6)
         if code:

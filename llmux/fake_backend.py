@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import io
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ import time
 
 import gevent
 from gevent.pywsgi import WSGIServer
+from werkzeug.formparser import parse_form_data
 
 KNOBS = {
     "status": "answer with this HTTP status and an error body",
@@ -83,11 +85,12 @@ class FakeBackend:
             "/v1/messages": self._messages,
         }
         if method == "POST" and path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
-            raw = environ["wsgi.input"].read()  # a multipart form: answered, not parsed
+            raw = environ["wsgi.input"].read()
             result = {
                 "text": "the quick brown fox",
                 "x_served_by": self.model,
                 "x_body_sha256": hashlib.sha256(raw).hexdigest(),
+                **_form_report(raw, environ.get("CONTENT_TYPE", "")),
             }
             return self._json(start_response, 200, result)
         if method != "POST" or path not in handlers:
@@ -276,6 +279,18 @@ class FakeBackend:
         headers.append(("Content-Length", str(len(payload))))
         start_response(f"{status} {'OK' if status < 400 else 'Error'}", headers)
         return [payload]
+
+
+def _form_report(raw: bytes, content_type: str) -> dict:
+    """What a multipart form held: its fields' values and its files' SHA-256."""
+    _, form, files = parse_form_data(
+        {"wsgi.input": io.BytesIO(raw), "CONTENT_LENGTH": str(len(raw)),
+         "CONTENT_TYPE": content_type, "REQUEST_METHOD": "POST"}
+    )  # fmt: skip
+    return {
+        "x_form_fields": {k: form.getlist(k) for k in form},
+        "x_files": {k: hashlib.sha256(f.read()).hexdigest() for k, f in files.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,13 +3,15 @@
 Usage::
 
     model = model_of_form(body, environ["CONTENT_TYPE"])   # InvalidBody, InvalidModel
+    body = with_field(body, environ["CONTENT_TYPE"], "model", "Qwen/Qwen2.5-7B")
 
 The OpenAI endpoints that upload files (``/v1/audio/transcriptions``,
 ``/v1/audio/translations``, ``/v1/images/edits``, ``/v1/images/variations``)
 take a form, not JSON, with ``model`` as one of its fields. The body is parsed
 here only to find that field, with Werkzeug's incremental multipart decoder
 (RFC 7578), and is forwarded byte for byte; file parts are passed over
-without being copied.
+without being copied. :func:`with_field` replaces one field's value and
+leaves every other byte of the form as it was.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ def is_form(content_type: str) -> bool:
     return parse_options_header(content_type)[0].lower() == "multipart/form-data"
 
 
-def model_of_form(body: bytes, content_type: str) -> str:
-    """The form's ``model`` field, exactly as sent; refuses a form with none or two."""
+def _boundary(content_type: str) -> bytes:
     boundary = parse_options_header(content_type)[1].get("boundary")
     if not boundary:
         raise InvalidBody("multipart/form-data without a boundary")
-    decoder = MultipartDecoder(boundary.encode("latin-1"), max_form_memory_size=None)
+    return boundary.encode("latin-1")
+
+
+def model_of_form(body: bytes, content_type: str) -> str:
+    """The form's ``model`` field, exactly as sent; refuses a form with none or two."""
+    decoder = MultipartDecoder(_boundary(content_type), max_form_memory_size=None)
     decoder.receive_data(body)
     decoder.receive_data(None)
     found: list[bytes] = []
@@ -65,3 +71,29 @@ def model_of_form(body: bytes, content_type: str) -> str:
     if not model:
         raise InvalidModel("'model' must be a non-empty string")
     return model
+
+
+def with_field(body: bytes, content_type: str, name: str, value: str) -> bytes:
+    """``body`` with the value of every non-file field called ``name`` set to ``value``.
+
+    For a form :func:`model_of_form` accepted. RFC 2046 §5.1.1: a part ends
+    where ``CRLF--boundary`` begins, and the boundary never occurs inside a
+    part, so splitting on it finds every part without decoding any.
+    """
+    delimiter = b"\r\n--" + _boundary(content_type)
+    pieces = (b"\r\n" + body).split(delimiter)  # [preamble, part, ..., "--" epilogue]
+    for i in range(1, len(pieces) - 1):
+        head, blank, _ = pieces[i].partition(b"\r\n\r\n")
+        if blank and _field_name(head) == name:
+            pieces[i] = head + blank + value.encode("utf-8")
+    return delimiter.join(pieces)[2:]
+
+
+def _field_name(head: bytes) -> str | None:
+    """The ``name`` of a part from its header block, or None for a file or no name."""
+    for line in head.decode("latin-1").split("\r\n"):
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() == "content-disposition":
+            options = parse_options_header(value)[1]
+            return None if "filename" in options else options.get("name")
+    return None

@@ -25,7 +25,10 @@ marks them, so a descriptor number is never closed twice or while polled.
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
+from collections.abc import Callable
 
 from .polling import readable
 
@@ -33,19 +36,56 @@ TAIL_BYTES = 64 * 1024
 
 
 class Tail:
-    """Keeps the last ``limit`` bytes written to it."""
+    """Keeps the last ``limit`` bytes written to it; ``listener`` sees every byte."""
 
-    def __init__(self, limit: int = TAIL_BYTES):
+    def __init__(self, limit: int = TAIL_BYTES, listener: Callable[[bytes], None] | None = None):
         self.limit = limit
         self.buf = bytearray()
+        self.listener = listener
 
     def add(self, data: bytes) -> None:
+        if self.listener is not None:
+            self.listener(data)
         self.buf += data
         if len(self.buf) > 2 * self.limit:
             del self.buf[: len(self.buf) - self.limit]
 
     def text(self) -> str:
         return bytes(self.buf[-self.limit :]).decode("utf-8", "replace")
+
+
+_PROGRESS = re.compile(rb"LLMUX_PROGRESS[ \t]+([0-9]{1,3}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
+_LINE_MAX = 256  # a progress line is short; longer ones are not looked into
+
+
+class Progress:
+    """How far a wake hook says it is: the last ``LLMUX_PROGRESS F`` line it printed.
+
+    ``F`` is a fraction from 0 to 1 (clamped), alone on its line after the
+    keyword, on stdout or stderr. ``fraction`` is None until such a line came;
+    ``at`` is when (``clock`` seconds).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.fraction: float | None = None
+        self.at: float | None = None
+
+    def reader(self) -> Callable[[bytes], None]:
+        """A listener for one stream: lines may arrive split across reads."""
+        partial = bytearray()
+
+        def feed(data: bytes) -> None:
+            partial.extend(data)
+            *lines, rest = bytes(partial).split(b"\n")
+            partial[:] = rest[-_LINE_MAX:]
+            for line in lines:
+                match = _PROGRESS.fullmatch(line.strip())
+                if match:
+                    self.fraction = min(1.0, max(0.0, float(match.group(1))))
+                    self.at = self.clock()
+
+        return feed
 
 
 def read_some(fd: int) -> bytes | None:

@@ -29,10 +29,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .hook_output import TAIL_BYTES, OutputKeeper, Tail, read_some
+from .hook_output import TAIL_BYTES, OutputKeeper, Progress, Tail, read_some
 from .polling import readable
 
-__all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "run_hook"]
+__all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "Progress", "run_hook"]
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
 
 
@@ -72,8 +72,11 @@ def run_hook(
     tracker=None,
     keeper: OutputKeeper | None = None,
     owner: str = "",
+    progress: Progress | None = None,
 ) -> HookResult:
     """Run one hook; ``tracker.spawned(pgid)``/``tracker.exited(pgid)`` bracket its life.
+
+    ``progress`` is fed the hook's output as it comes (``LLMUX_PROGRESS`` lines).
 
     Output pipes still held open by background processes once the shell has
     exited go to ``keeper`` under ``owner``, which reads them to the end;
@@ -106,7 +109,10 @@ def run_hook(
         return HookResult(hook, None, time.monotonic() - start, error=str(exc))
     os.close(out_w)
     os.close(err_w)
-    tails = {out_r: Tail(), err_r: Tail()}
+    if progress is not None:
+        tails = {out_r: Tail(listener=progress.reader()), err_r: Tail(listener=progress.reader())}
+    else:
+        tails = {out_r: Tail(), err_r: Tail()}
     still_open = set(tails)  # not at end of file yet
     timed_out = False
     if tracker is not None:
@@ -267,6 +273,7 @@ class HookRunner:
         # reads what a hook's background processes (a server it started) keep writing
         self.keeper = keeper if keeper is not None else OutputKeeper()
         self._former: dict = {}  # removed model -> the config that still defines it
+        self._progress: dict[str, Progress] = {}  # model -> its last wake hook's progress
 
     def update(self, config) -> None:
         """Use ``config`` from the next hook run on."""
@@ -280,6 +287,7 @@ class HookRunner:
     def forget(self, model: str) -> None:
         """``model`` was removed by a reload and is asleep: drop what is kept for it."""
         self._former.pop(model, None)
+        self._progress.pop(model, None)
         self.keeper.release(model)
 
     def _config_of(self, model: str):
@@ -294,6 +302,9 @@ class HookRunner:
         env.update(LLMUX_MODEL=model, LLMUX_PORT=str(spec.port), LLMUX_HOOK=kind)
         # lets a hook run llmux's own tools (the demo's fake backend) from any venv
         env.setdefault("LLMUX_PYTHON", sys.executable)
+        progress = None
+        if kind == "wake":
+            progress = self._progress[model] = Progress()
         return run_hook(
             spec.hook(kind),
             hook=kind,
@@ -304,7 +315,13 @@ class HookRunner:
             tracker=self.tracker,
             keeper=self.keeper,
             owner=model,
+            progress=progress,
         )
+
+    def progress(self, model: str) -> float | None:
+        """The fraction (0-1) the last wake hook of ``model`` said it reached, or None."""
+        progress = self._progress.get(model)
+        return progress.fraction if progress is not None else None
 
     def ready_timeout(self, model: str) -> float:
         return self._config_of(model).hook_timeout(model, "ready")

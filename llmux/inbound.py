@@ -4,9 +4,8 @@ Usage::
 
     path = routed_path(environ, extra_paths)          # NotFound unless allowlisted
     kind = body_kind(environ)                         # "json" | "form", or UnsupportedMediaType
-    refuse_cross_site(environ)                        # Forbidden
+    refuse_cross_site(environ, listed)                # Forbidden
     body = read_body(environ, limit)                  # RequestTooLarge, InvalidBody
-    model = model_of(body)                            # InvalidBody, InvalidModel
 
 Every check raises an :class:`~llmux.errors.LlmuxError`; none touches the switcher.
 Paths are matched on the raw request target, so encoded or dotted variants of an
@@ -16,7 +15,6 @@ allowed path (``/v1/%2e%2e/slots``, ``//v1/...``) are never routed anywhere.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import socket
@@ -30,7 +28,6 @@ from . import content_coding, forms
 from .errors import (
     Forbidden,
     InvalidBody,
-    InvalidModel,
     NotFound,
     RequestBodyTimeout,
     RequestTooLarge,
@@ -85,8 +82,9 @@ def body_kind(environ: dict) -> str:
     )
 
 
-def refuse_cross_site(environ: dict) -> None:
-    """403 for a request a browser sends on behalf of another site.
+def refuse_cross_site(environ: dict, listed: Callable[[str], bool] = lambda _: False) -> None:
+    """403 for a request a browser sends on behalf of another site, unless ``listed``
+    says its ``Origin`` is allowed (``cors.allow_origins``).
 
     Any web page can make a browser POST a form to 127.0.0.1, and so make
     llmux switch models (run hooks). Browsers say where such a request comes
@@ -95,10 +93,12 @@ def refuse_cross_site(environ: dict) -> None:
     ``Origin`` that is not this server's own. Clients that are not browsers
     (SDKs, curl) send neither and are not affected.
     """
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None and listed(origin.strip()):
+        return
     site = environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
     if site and site not in ("same-origin", "none"):
         raise Forbidden(f"cross-site requests are refused (Sec-Fetch-Site: {clip(site, 32)})")
-    origin = environ.get("HTTP_ORIGIN")
     if origin is not None:
         host = environ.get("HTTP_HOST", "")
         if urlsplit(origin.strip()).netloc.lower() != host.lower() or not host:
@@ -164,34 +164,6 @@ def _read_body(environ: dict, limit: int) -> bytes:
             environ["llmux.body_unread"] = True
             raise RequestTooLarge(f"request body exceeds {limit} bytes")
     return b"".join(parts)
-
-
-def model_of(body: bytes) -> str:
-    """The ``model`` of a JSON object body (exact string, no trimming or folding)."""
-    if not body:
-        raise InvalidBody("request body is empty; expected a JSON object")
-    last_pairs: list = []
-
-    def keep_pairs(pairs):
-        last_pairs[:] = pairs  # the top-level object is decoded last
-        return dict(pairs)
-
-    try:
-        data = json.loads(body, object_pairs_hook=keep_pairs)
-    except UnicodeDecodeError:
-        raise InvalidBody("request body is not valid UTF-8") from None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidBody(f"request body is not valid JSON: {clip(str(exc), 80)}") from None
-    if not isinstance(data, dict):
-        raise InvalidBody(f"request body must be a JSON object, got {type(data).__name__}")
-    if sum(1 for key, _ in last_pairs if key == "model") > 1:
-        raise InvalidBody("request body has more than one 'model' key")
-    if "model" not in data:
-        raise InvalidModel("request body has no 'model'")
-    model = data["model"]
-    if not isinstance(model, str) or not model:
-        raise InvalidModel(f"'model' must be a non-empty string, got {clip(json.dumps(model))}")
-    return model
 
 
 def client_gone_probe(environ: dict) -> Callable[[], bool] | None:

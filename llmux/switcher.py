@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -76,6 +77,9 @@ class Hooks(Protocol):
 
     def ready_timeout(self, model: str) -> float: ...
 
+    # optional: the fraction a running wake hook said it reached (LLMUX_PROGRESS)
+    # def progress(self, model: str) -> float | None: ...
+
 
 @dataclass(frozen=True)
 class SwitchSettings:
@@ -93,7 +97,9 @@ class SwitchSettings:
 
 
 @dataclass(eq=False)
-class _Waiter:
+class Waiter:
+    """A queued request: its model and when it arrived (monotonic seconds)."""
+
     model: str
     since: float
     granted: bool = False
@@ -105,7 +111,7 @@ class _Model:
     name: str
     state: str = ASLEEP
     in_flight: int = 0
-    waiters: list[_Waiter] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
     awake_since: float | None = None
     last_used: float = 0.0  # when the last request ended, or it woke
     idle_sleep_secs: float | None = None
@@ -164,6 +170,9 @@ class Switcher:
         self._backoff_until = 0.0
         self._wake_at: float | None = None
         self._target: str | None = None  # where the running switch is going
+        self._source: str | None = None  # and where it started from
+        self._switch_started: float | None = None
+        self._wake_started: float | None = None
         self._idle_watch: threading.Thread | None = None
         self.last_switch: dict | None = None
         self._watch_idle_if_needed()
@@ -176,11 +185,16 @@ class Switcher:
         *,
         timeout: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        queued: Callable[[Waiter], None] | None = None,
     ) -> Ticket:
         """Wait until ``model`` is awake and count this request in flight on it.
 
         ``timeout`` defaults to ``request_timeout_secs`` (None waits for ever);
-        ``cancelled`` is polled while waiting and makes the request leave the queue.
+        ``cancelled`` is polled while waiting and makes the request leave the queue;
+        ``queued`` is called (lock held; it must not block) when the request has
+        to wait, with its place in the queue for :meth:`progress`.
+        Raises ShuttingDown, ModelNotFound, QueueFull (with ``retry_after``),
+        QueueTimeout, ClientGone, or the error that failed the switch.
         """
         if timeout is None:
             timeout = self.settings.request_timeout_secs
@@ -198,14 +212,16 @@ class Switcher:
             if limit is not None and len(m.waiters) >= limit:
                 raise QueueFull(
                     f"the queue for model '{model}' is full ({limit} waiting)",
-                    retry_after=self._expected_wait(model),
+                    retry_after=self._retry_after(model),
                 )
             now = self.clock()
-            waiter = _Waiter(model, now)
+            waiter = Waiter(model, now)
             m.waiters.append(waiter)
             self._cond.notify_all()  # a drain re-asks: this waiter may make it unneeded
             self.observer.request_queued(model)
             self.observer.queue_depth_changed(model, len(m.waiters))
+            if queued is not None:
+                queued(waiter)
             deadline = None if timeout is None else now + timeout
             try:
                 return self._wait(m, waiter, deadline, timeout, cancelled)
@@ -240,14 +256,14 @@ class Switcher:
             if self._wake_at is not None and self.clock() >= self._wake_at:
                 self._kick()  # a backoff or residency wait is over
 
-    def _leave_queue(self, m: _Model, waiter: _Waiter, reason: str) -> None:
+    def _leave_queue(self, m: _Model, waiter: Waiter, reason: str) -> None:
         if waiter in m.waiters:
             m.waiters.remove(waiter)
             self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
             self.observer.queue_depth_changed(m.name, len(m.waiters))
             self._cond.notify_all()  # a drain for this waiter may serve nobody now
 
-    def _abandon(self, m: _Model, waiter: _Waiter) -> None:
+    def _abandon(self, m: _Model, waiter: Waiter) -> None:
         """The waiting request is gone (cancelled greenlet, error): undo what it holds."""
         if waiter.granted:
             waiter.granted = False
@@ -267,9 +283,60 @@ class Switcher:
             self._cond.notify_all()  # a drain may be waiting for exactly this
             self._kick()
 
-    def _expected_wait(self, model: str) -> int:
-        cost = self.costs.get(self._active, model)
-        return max(1, round(cost)) if cost else 1
+    # --- estimates (lock held) ---
+
+    def _eta(self, model: str, now: float) -> float | None:
+        """Seconds until ``model`` could serve a request that arrives now; None: unknown.
+
+        0 when it is awake; the rest of its switch when one is bringing it;
+        otherwise the rest of the running switch (or of a failure backoff) plus a
+        switch from where that leaves to ``model``. Switch durations are the
+        measured averages (:class:`~llmux.policy.SwitchCosts`); queues of other
+        models that FIFO may serve first are not counted.
+        """
+        m = self._models.get(model)
+        if m is None:
+            return None
+        if m.state == AWAKE and self._active == model:
+            return 0.0
+        if self._target == model:
+            return self._switch_left(now)
+        start, wait = self._active, max(0.0, self._backoff_until - now)
+        if self._target is not None:
+            left = self._switch_left(now)
+            if left is None:
+                return None
+            start, wait = self._target, max(wait, left)
+        cost = self._cost(start, model)
+        return None if cost is None else wait + cost
+
+    def _switch_left(self, now: float) -> float | None:
+        """Seconds the running switch still needs: from the wake hook's own progress
+        (``LLMUX_PROGRESS``) once it printed some, else from the switch's average."""
+        target = self._target
+        if self._wake_started is not None:
+            progress = getattr(self.hooks, "progress", None)
+            fraction = progress(target) if progress is not None else None
+            if fraction is not None and fraction > 0:
+                spent = now - self._wake_started
+                return spent * (1 - fraction) / fraction
+        cost = self._cost(self._source, target)
+        return None if cost is None else max(0.0, cost - (now - self._switch_started))
+
+    def _cost(self, start: str | None, to: str) -> float | None:
+        """The average switch from ``start`` to ``to``, else the mean of the switches
+        measured into ``to``, else of all switches; None before any was measured."""
+        cost = self.costs.get(start, to)
+        if cost is not None:
+            return cost
+        known = self.costs.snapshot()
+        into = [secs for (_, b), secs in known.items() if b == to] or list(known.values())
+        return sum(into) / len(into) if into else None
+
+    def _retry_after(self, model: str) -> int:
+        """Whole seconds for a ``Retry-After``: the estimate, at least 1."""
+        eta = self._eta(model, self.clock())
+        return max(1, math.ceil(eta)) if eta is not None else 1
 
     # --- deciding ---
 
@@ -298,6 +365,7 @@ class Switcher:
         self._wake_at = decision.when if isinstance(decision, WaitUntil) else None
         if isinstance(decision, SwitchTo):
             self._switching = True
+            self._begin_switch(decision.model)
             threading.Thread(
                 target=self._run_switch, args=(decision.model,), name="llmux-switch", daemon=True
             ).start()
@@ -327,8 +395,12 @@ class Switcher:
 
     # --- switching (runs in its own thread, the lock taken only for short steps) ---
 
+    def _begin_switch(self, target: str) -> None:
+        """Take note of a switch about to start (lock held, switching slot taken)."""
+        self._target, self._source = target, self._active
+        self._switch_started, self._wake_started = self.clock(), None
+
     def _run_switch(self, target: str, requested: bool = True) -> None:
-        self._target = target
         try:
             self._switch(target, requested)
         except Exception:  # never leave the switcher wedged in "switching"
@@ -370,7 +442,7 @@ class Switcher:
         ``requested`` is False for a preload, which no waiter asked for.
         """
         with self._cond:
-            started = self.clock()
+            started = self._switch_started
             source = self._active
             self.observer.switch_started(source, target)
             phases: dict[str, float] = {}
@@ -394,7 +466,6 @@ class Switcher:
                             f"model '{source}' did not finish its requests within "
                             f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' "
                             "abandoned",
-                            retry_after=1,
                         ),
                         "drain timed out",
                     )
@@ -417,7 +488,7 @@ class Switcher:
             if target is None:
                 return
             self._set_state(self._models[target], WAKING)
-        t0 = self.clock()
+            t0 = self._wake_started = self.clock()
         failure = self._wake(target)
         phases["wake"] = self.clock() - t0
         with self._cond:
@@ -425,9 +496,10 @@ class Switcher:
             if failure is not None:
                 self._set_state(m, FAILED)
                 self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+                self._target = None  # the estimate is for the next attempt
                 error = ModelUnavailable(
                     f"model '{target}' is unavailable: {failure}",
-                    retry_after=max(1, round(self.settings.failure_backoff_secs)),
+                    retry_after=self._retry_after(target),
                 )
                 self._fail_waiters(m, error, "failed")
                 self._finish_switch(source, target, started, ok=False, error=failure, phases=phases)
@@ -539,7 +611,6 @@ class Switcher:
                     ModelUnavailable(
                         f"model '{target}' is unavailable: could not put '{source}' to sleep "
                         f"({result.describe()})",
-                        retry_after=1,
                     ),
                     result.describe(),
                 )
@@ -574,10 +645,13 @@ class Switcher:
     def _abandon_switch(
         self, source: str, target: str, started: float, error: LlmuxError, reason: str
     ) -> None:
-        """The old model keeps serving; the target's waiters get ``error``."""
+        """The old model keeps serving; the target's waiters get ``error``, with the
+        estimate of a new attempt as its ``retry_after``."""
         with self._cond:
             m = self._models[source]
             self._set_state(m, AWAKE)
+            self._target = None
+            error.retry_after = self._retry_after(target)
             self._fail_waiters(self._models[target], error, "failed")
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=False, error=reason)
@@ -649,6 +723,7 @@ class Switcher:
     def _free_slot(self) -> None:
         """The switch, sleep, start-up or recheck is over: the policy picks next (lock held)."""
         self._switching = False
+        self._target = self._source = self._switch_started = self._wake_started = None
         self._kick()
         self._cond.notify_all()
 
@@ -681,6 +756,7 @@ class Switcher:
                 self._active = awake
             if awake is None and preload in self._models and not self._closed:
                 log.info("preloading %s", preload, extra={"event": "preload", "model": preload})
+                self._begin_switch(preload)
             else:
                 preload = None
                 self._free_slot()
@@ -736,7 +812,7 @@ class Switcher:
                     raise SwitchTimeout(
                         f"a switch was still running after {timeout:g}s; '{model}' was not "
                         "put to sleep",
-                        retry_after=1,
+                        retry_after=self._retry_after(model),
                     )
                 self._cond.wait(min(left, MAX_WAIT_SECS))
             if self._active != model:
@@ -871,9 +947,49 @@ class Switcher:
 
     # --- inspection and shutdown ---
 
+    def _positions(self) -> dict[Waiter, int]:
+        """Every queued request's 1-based place among all queued ones, by arrival."""
+        waiters = sorted((w for m in self._models.values() for w in m.waiters), key=_since)
+        return {w: i for i, w in enumerate(waiters, 1)}
+
+    def progress(self, waiter: Waiter) -> dict:
+        """Where a queued request stands, for loading progress.
+
+        ``{"model", "state", "position", "queued", "eta_secs", "hook_progress"}``:
+        its place among all ``queued`` requests (None once admitted or gone),
+        the model's estimated wait in seconds (None: unknown, see :meth:`_eta`),
+        and the fraction the model's wake hook printed (None if none).
+        """
+        with self._cond:
+            positions = self._positions()
+            m = self._models.get(waiter.model)
+            return {
+                "model": waiter.model,
+                "state": m.state if m is not None else ASLEEP,
+                "position": positions.get(waiter),
+                "queued": len(positions),
+                "eta_secs": _rounded(self._eta(waiter.model, self.clock())),
+                "hook_progress": self._hook_progress(waiter.model),
+            }
+
+    def _hook_progress(self, model: str) -> float | None:
+        m = self._models.get(model)
+        progress = getattr(self.hooks, "progress", None)
+        if m is None or m.state != WAKING or progress is None:
+            return None
+        return progress(model)
+
     def status(self) -> dict:
+        """Everything the admin API shows about models, queues and switches.
+
+        Per model, besides its state and counters: ``estimated_wait_secs`` (see
+        :meth:`_eta`; what ``Retry-After`` says) and ``queue``, its waiting
+        requests as ``{"position", "waited_secs"}`` (position among all models'
+        queued requests, by arrival).
+        """
         with self._cond:
             now = self.clock()
+            positions = self._positions()
             return {
                 "active": self._active,
                 "switching": self._switching,
@@ -887,6 +1003,12 @@ class Switcher:
                         if m.state == AWAKE and not m.in_flight
                         else None,
                         "idle_sleep_secs": m.idle_sleep_secs,
+                        "estimated_wait_secs": _rounded(self._eta(n, now)),
+                        "hook_progress": self._hook_progress(n),
+                        "queue": [
+                            {"position": positions[w], "waited_secs": now - w.since}
+                            for w in m.waiters
+                        ],
                     }
                     for n, m in self._models.items()
                 },
@@ -908,3 +1030,11 @@ class Switcher:
             self._closed = True
             for m in self._models.values():
                 self._fail_waiters(m, ShuttingDown("llmux is shutting down"), "shutdown")
+
+
+def _since(waiter: Waiter) -> float:
+    return waiter.since
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
