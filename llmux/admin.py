@@ -10,7 +10,8 @@ Usage::
     curl -X POST ... /llmux/reload               # re-reads the config file
 
 Every endpoint needs the admin token (``admin.token`` or ``LLMUX_ADMIN_TOKEN``);
-without one configured, only loopback clients are answered. The page at
+without one configured, only loopback clients are answered. Actions (POST)
+from a browser page of another site are refused (403), token or not. The page at
 ``/llmux/ui`` holds no data itself, so it is served to anyone: it asks for the
 token and sends it with each refresh.
 """
@@ -21,6 +22,8 @@ import json
 from importlib import resources
 
 from flask import Blueprint, Response, request
+
+from . import inbound
 
 MODEL = "<path:model>"
 
@@ -35,6 +38,11 @@ def admin_blueprint(gateway) -> Blueprint:
             gateway.authorize_admin(
                 request.headers.get("Authorization"), request.environ.get("REMOTE_ADDR")
             )
+        if request.method != "GET":
+            # a page on another site must not wake, sleep or reload through the
+            # user's browser, which is a loopback client; cors.allow_origins does
+            # not open the admin API
+            inbound.refuse_cross_site(request.environ)
 
     @admin.get("/status")
     def status():

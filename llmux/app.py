@@ -116,6 +116,19 @@ class Gateway:
         log.info("shutting down: queued requests are refused", extra={"event": "shutting_down"})
         self.switcher.close()
 
+    def finish_switch(self, timeout: float) -> None:
+        """At exit: let a hook that is running finish rather than kill it with the worker.
+
+        Waits up to ``timeout`` seconds for the running switch or sleep (none
+        starts any more: the switcher is closed).
+        """
+        if not self.switcher.wait_idle(timeout):
+            log.warning(
+                "a switch was still running after %gs; its hook is killed with the worker",
+                timeout,
+                extra={"event": "switch_cut_at_exit"},
+            )
+
     def sleep_on_exit(self) -> None:
         """``shutdown.sleep_active``: after the drain, put the awake model to sleep."""
         active = self.switcher.status()["active"]
@@ -214,7 +227,7 @@ class Gateway:
         def send() -> Reply:
             return self._send(exchange, environ, headers, body, config)
 
-        if stream and config.loading_progress(model):
+        if stream and config.loading_progress(model) and exchange.path in loading.STREAMING_PATHS:
             admission = loading.Admission(self.switcher, model, cancelled)
             if not admission.settle():
                 exchange.early = True
@@ -356,9 +369,13 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
             if wait is not None:
                 response.headers["X-Llmux-Queue-Wait-Ms"] = str(round(wait * 1000))
         config = environ.get(CONFIG)
-        if config is not None and not cors.is_preflight(environ):
+        answered_preflight = cors.is_preflight(environ) and response.status_code == 204
+        if config is not None and not answered_preflight:
             for name, value in cors.response_headers(environ, config.cors):
-                response.headers[name] = value
+                if name == "Vary":  # keep the backend's (Accept-Encoding, say)
+                    response.vary.add(value)
+                else:
+                    response.headers[name] = value
         return response
 
     @app.route("/", methods=ALL_METHODS)

@@ -187,6 +187,8 @@ def reload(config_file, url, token, as_json):
 
     def show(a):
         parts = [f"{key}: {', '.join(a[key])}" for key in ("added", "removed", "changed") if a[key]]
+        if a.get("settings_changed"):
+            parts.append(f"settings changed: {', '.join(a['settings_changed'])}")
         if a["going_to_sleep"]:
             parts.append(f"going to sleep: {', '.join(a['going_to_sleep'])}")
         if a["needs_restart"]:

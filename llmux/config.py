@@ -106,7 +106,15 @@ def string_list(item: Callable[[Any], str]) -> Callable[[Any], tuple[str, ...]]:
     def check(value: Any) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {_show(value)}")
-        return tuple(item(v) for v in value)
+        out, wrong = [], []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except ValueError as exc:
+                wrong.append(f"{exc} (item {i})")
+        if wrong:  # every bad item, not only the first
+            raise ValueError("; ".join(wrong))
+        return tuple(out)
 
     return check
 
@@ -121,9 +129,14 @@ def model_name(value: Any) -> str:
 
 
 def origin(value: Any) -> str:
-    """A browser origin as RFC 6454 serialises it: ``scheme://host[:port]``, lower case."""
+    """A browser origin as RFC 6454 serialises it: ``scheme://host[:port]``, lower case,
+    without the scheme's default port (browsers never send ``https://a.com:443``)."""
     if isinstance(value, str) and _ORIGIN.fullmatch(value):
-        return value.lower()
+        value = value.lower()
+        for scheme, port in (("http://", ":80"), ("https://", ":443")):
+            if value.startswith(scheme) and value.endswith(port):
+                value = value[: -len(port)]
+        return value
     raise ValueError(f"expected an origin like https://app.example.com, got {_show(value)}")
 
 

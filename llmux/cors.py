@@ -84,10 +84,16 @@ def preflight(environ: dict, cors) -> tuple[int, list[tuple[str, str]]]:
 
 
 def response_headers(environ: dict, cors) -> list[tuple[str, str]]:
-    """The headers that let a listed origin's page read this answer; else none."""
+    """The headers that let a listed origin's page read this answer.
+
+    With CORS on, every answer varies by ``Origin`` (a cache must not hand one
+    origin's answer to another); with it off, no header is added.
+    """
+    if not cors.allow_origins:
+        return []
     origin = origin_of(environ)
     if not allowed(origin, cors):
-        return []
+        return [("Vary", "Origin")]
     return [
         ("Access-Control-Allow-Origin", origin),
         ("Access-Control-Expose-Headers", EXPOSED),

@@ -28,6 +28,7 @@ A backend that fails after its stream began cuts the response, as everywhere.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -39,6 +40,11 @@ from .proxy import Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.loading")
 
+# the endpoints that answer "stream": true with SSE; elsewhere (embeddings) a
+# backend answers JSON whatever the body says, which early SSE headers would break
+STREAMING_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
 PROGRESS_EVERY = 1.0  # seconds between two progress comments
 SETTLE_SECS = 5.0  # the longest wait for acquire() to say "queued" or "admitted"
 ERROR_BODY_BYTES = 64 * 1024  # of a backend's error answer, put into the error event
@@ -78,7 +84,9 @@ class Admission:
         self._ticket = None
         self._error: LlmuxError | None = None
         self._abandoned = False
-        threading.Thread(target=self._run, name="llmux-admission", daemon=True).start()
+        # in the request's context: the switcher's log lines about it carry its request id
+        run = contextvars.copy_context().run
+        threading.Thread(target=run, args=(self._run,), name="llmux-admission", daemon=True).start()
 
     def _run(self) -> None:
         try:

@@ -27,6 +27,10 @@ from .switcher import SwitchSettings
 log = logging.getLogger("llmux.reload")
 
 RESTART_ONLY = ("host", "port", "startup")
+# top-level settings besides models that a reload applies at once
+LIVE_SETTINGS = (
+    "policy", "hooks", "proxy", "api_keys", "cors", "stream_loading", "admin", "shutdown",
+)  # fmt: skip
 
 
 class Reloader:
@@ -79,6 +83,7 @@ class Reloader:
             "changed": sorted(
                 n for n in set(new.models) & set(old.models) if new.models[n] != old.models[n]
             ),
+            "settings_changed": [k for k in LIVE_SETTINGS if getattr(new, k) != getattr(old, k)],
             "going_to_sleep": still_awake,
             "needs_restart": [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)],
         }

@@ -153,6 +153,7 @@ def sleep_active_on_exit(server, worker) -> None:
     if gateway is None:
         return
     try:
+        gateway.finish_switch(worker.cfg.graceful_timeout)
         gateway.sleep_on_exit()
     except Exception:
         log.exception("sleep on exit failed", extra={"event": "sleep_on_exit_failed"})

@@ -30,6 +30,7 @@ removed it. That takes the same ``switching`` slot, so it never overlaps a switc
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
@@ -98,12 +99,18 @@ class SwitchSettings:
 
 @dataclass(eq=False)
 class Waiter:
-    """A queued request: its model and when it arrived (monotonic seconds)."""
+    """A queued request: its model and when it arrived (monotonic seconds).
+
+    ``context`` is the requester's :mod:`contextvars` context: what is
+    reported about the waiter from another thread (a failed switch, a
+    shutdown, a reload) is reported in it, so its log lines carry its request id.
+    """
 
     model: str
     since: float
     granted: bool = False
     error: LlmuxError | None = None
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 @dataclass(eq=False)
@@ -384,7 +391,8 @@ class Switcher:
         waiters, m.waiters = m.waiters, []
         for waiter in waiters:
             waiter.error = error
-            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
+            waited = self.clock() - waiter.since
+            waiter.context.run(self.observer.request_left_queue, m.name, reason, waited)
         if waiters:
             self.observer.queue_depth_changed(m.name, 0)
         self._cond.notify_all()
@@ -1023,6 +1031,17 @@ class Switcher:
         with self._cond:
             m = self._models.get(model)
             return m.state if m is not None else ASLEEP
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no switch or sleep runs; True if none does."""
+        deadline = self.clock() + timeout
+        with self._cond:
+            while self._switching:
+                left = deadline - self.clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, MAX_WAIT_SECS))
+        return True
 
     def close(self) -> None:
         """Refuse new requests and fail every queued one with ``shutting_down``."""

@@ -86,8 +86,10 @@ class Llmux:
             time.sleep(0.02)
         raise AssertionError(f"backend of {model} did not start")
 
-    def admin(self, method, path, token=None, **kw):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    def admin(self, method, path, token=None, headers=None, **kw):
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         kw.setdefault("timeout", 30)
         return requests.request(method, self.url + "/llmux" + path, headers=headers, **kw)
 

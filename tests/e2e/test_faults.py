@@ -14,6 +14,8 @@ import psutil
 import pytest
 import requests
 
+from tests.helpers import wait_for
+
 from .test_errors import assert_error
 
 pytestmark = pytest.mark.e2e
@@ -218,3 +220,32 @@ def test_f20_sigterm_during_a_switch(llmux_factory):
     assert_error(results["b"], 503, "shutting_down")
     assert server.proc.wait(15) == 0
     assert server.hook_runs("wake", "b") == []
+
+
+def test_sigterm_during_a_wake_lets_the_hook_finish(llmux_factory):
+    server = llmux_factory()
+    assert server.chat("a").status_code == 200
+    # prints as it goes: a hook cut off from llmux dies of SIGPIPE at its next line
+    server.fault("wake", "b", "for i in 1 2 3; do sleep 1; echo LLMUX_PROGRESS 0.$i; done")
+    box = {}
+
+    def queued():
+        box["r"] = requests.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "b"},
+            headers={"X-Request-Id": "queued-for-b"},
+            timeout=30,
+        )
+
+    thread = threading.Thread(target=queued)
+    thread.start()
+    wait_for(lambda: ("wake", "b") in server.hook_runs())
+    server.proc.send_signal(signal.SIGTERM)
+    thread.join(20)
+    assert_error(box["r"], 503, "shutting_down")
+    assert int(box["r"].headers["Retry-After"]) >= 1
+    assert server.proc.wait(15) == 0
+    ends = [(kind, model, rc) for _, phase, kind, model, rc in server.events() if phase == "end"]
+    assert ("wake", "b", "0") in ends, "the running wake hook was killed with the worker"
+    dequeued = [r for r in server.log_records() if r.get("event") == "request_dequeued"]
+    assert [(r["reason"], r.get("request_id")) for r in dequeued] == [("shutdown", "queued-for-b")]

@@ -136,6 +136,20 @@ def test_without_stream_loading_nothing_comes_early(llmux_factory):
     assert box["value"].headers["X-Llmux-Model-State"] == "asleep"
 
 
+def test_only_endpoints_that_stream_get_early_headers(gated):
+    llmux = gated
+    thread, box = in_thread(
+        llmux.post, "/v1/embeddings", body={"model": "b", "stream": True, "input": "x"}
+    )
+    wait_for(lambda: llmux.status()["models"]["b"]["hook_progress"] == 0.25)
+    assert "value" not in box, "early headers for an endpoint that answers JSON"
+    open_gate(llmux)
+    thread.join(30)
+    assert box["value"].status_code == 200
+    assert box["value"].headers["Content-Type"] == "application/json"
+    assert box["value"].json()["data"][0]["object"] == "embedding"
+
+
 def test_every_answer_carries_the_queue_wait_and_the_state_at_arrival(llmux_factory):
     llmux = llmux_factory(model_env={"HOOK_WAKE_SECS": 0.3})
     r = llmux.chat("a")

@@ -240,3 +240,26 @@ def test_without_cors_a_preflight_gets_a_clear_403(llmux):
     assert "cors.allow_origins" in r.json()["error"]["message"]
     assert "Access-Control-Allow-Origin" not in r.headers
     assert llmux.hook_runs() == []
+
+
+ADMIN_PAGE = """<!doctype html><html><body><pre id="out">pending</pre><script>
+fetch(%(url)r, {method: "POST", mode: "no-cors"})
+  .then(() => { document.getElementById("out").textContent = "sent"; })
+  .catch((e) => { document.getElementById("out").textContent = "failed " + e.name; });
+</script></body></html>"""
+
+
+def test_a_page_of_another_site_cannot_use_the_admin_api(llmux_factory, page_origin, tmp_path):
+    origin, body = page_origin
+    llmux = llmux_factory(cors={"allow_origins": [origin]})  # CORS does not open the admin API
+    body["page"] = ADMIN_PAGE % {"url": llmux.url + "/llmux/models/a/wake"}
+    dom = run_chromium(tmp_path, origin + "/", "--dump-dom").stdout.decode()
+    assert '<pre id="out">sent</pre>' in dom
+    assert '"POST /llmux/models/a/wake HTTP/1.1\\" 403' in llmux.log_text()
+    assert llmux.hook_runs() == []
+    foreign = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    for path in ("/models/a/wake", "/models/a/sleep", "/reload"):
+        assert_error(llmux.admin("POST", path, headers=foreign), 403, "forbidden")
+    assert llmux.admin("POST", "/models/a/wake").status_code == 200  # curl, llmux wake
+    assert llmux.admin("GET", "/status", headers=foreign).status_code == 200
+    assert llmux.hook_runs() == [("wake", "a")]

@@ -157,3 +157,23 @@ def test_a_reload_while_switching_is_safe(llmux_factory):
     t.join(10)
     assert box["r"].status_code == 200
     assert server.status()["models"]["b"]["idle_sleep_secs"] == 30
+
+
+def test_a_reload_that_changes_only_settings_says_which(llmux_factory):
+    server = llmux_factory()
+
+    def change(config):
+        config["policy"]["max_queue_depth"] = 1
+        config["cors"] = {"allow_origins": ["https://x.example"]}
+
+    server.rewrite_config(change)
+    r = server.admin("POST", "/reload")
+    assert r.status_code == 200, r.text
+    summary = r.json()
+    assert summary["settings_changed"] == ["policy", "cors"]
+    assert summary["added"] == summary["removed"] == summary["changed"] == []
+    out = subprocess.run(
+        [sys.executable, "-m", "llmux", "reload", "-c", str(server.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0 and "no change" in out.stdout, out.stdout + out.stderr

@@ -86,6 +86,13 @@ def test_cors_origins_are_validated(origins, ok):
         assert any(p.startswith("cors.allow_origins") for p in found)
 
 
+def test_default_ports_are_dropped_as_browsers_do_and_every_bad_origin_is_named():
+    c = config(cors={"allow_origins": ["https://A.com:443", "http://b.com:80", "http://c:8080"]})
+    assert c.cors.allow_origins == ("https://a.com", "http://b.com", "http://c:8080")
+    (found,) = problems(cors={"allow_origins": [5, "https://ok.example", "null", None]})
+    assert all(f"(item {i})" in found for i in (0, 2, 3)) and "(item 1)" not in found
+
+
 # --- the body's model ---
 
 
@@ -177,8 +184,10 @@ def test_preflights_refused(settings, origin, method):
 
 
 def test_actual_responses_carry_headers_only_for_listed_origins():
-    assert cors.response_headers(environ("POST", origin="https://evil.example"), LISTED) == []
-    assert cors.response_headers(environ("POST"), LISTED) == []
+    vary = [("Vary", "Origin")]  # with CORS on, every answer depends on the Origin
+    assert cors.response_headers(environ("POST", origin="https://evil.example"), LISTED) == vary
+    assert cors.response_headers(environ("POST"), LISTED) == vary
+    assert cors.response_headers(environ("POST", origin="https://x.example"), CorsConfig()) == []
     listed = dict(cors.response_headers(environ("POST", origin="https://app.example.com"), LISTED))
     assert listed["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert "Retry-After" in listed["Access-Control-Expose-Headers"]
