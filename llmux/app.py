@@ -61,6 +61,7 @@ class Gateway:
         self.config = config
         self.port_override = port_override
         self.started_at = time.time()
+        self.shutdown_at: float | None = None  # monotonic seconds
         self.ownership = Ownership(config.path)
         recorder = StateRecorder(self.ownership)
         self.hooks = HookRunner(config, tracker=recorder)
@@ -113,15 +114,18 @@ class Gateway:
 
     def shutdown(self) -> None:
         """Stop admitting requests; queued ones get 503 ``shutting_down``."""
+        self.shutdown_at = time.monotonic()
         log.info("shutting down: queued requests are refused", extra={"event": "shutting_down"})
         self.switcher.close()
 
     def finish_switch(self, timeout: float) -> None:
-        """At exit: let a hook that is running finish rather than kill it with the worker.
+        """At exit: let a hook that is running finish rather than cut it off with the worker.
 
-        Waits up to ``timeout`` seconds for the running switch or sleep (none
-        starts any more: the switcher is closed).
+        Waits for the running switch or sleep (none starts any more: the
+        switcher is closed) up to ``timeout`` seconds from the shutdown.
         """
+        if self.shutdown_at is not None:
+            timeout -= time.monotonic() - self.shutdown_at
         if not self.switcher.wait_idle(timeout):
             log.warning(
                 "a switch was still running after %gs; its hook is killed with the worker",
@@ -229,6 +233,7 @@ class Gateway:
 
         if stream and config.loading_progress(model) and exchange.path in loading.STREAMING_PATHS:
             admission = loading.Admission(self.switcher, model, cancelled)
+            exchange.admission = admission
             if not admission.settle():
                 exchange.early = True
                 relay = loading.LoadingRelay(exchange, admission, environ, send)
@@ -257,6 +262,8 @@ class Gateway:
         except KeyError:
             raise ModelNotFound(model, removed=True) from None
         drop = REQUEST_DROP | (CLIENT_KEYS if config.api_keys else frozenset())
+        if exchange.early:  # its headers are out: a compressed body could not say so
+            drop |= {"accept-encoding"}
         forwarded = filter_headers(headers, drop=drop)
         forwarded.append(("X-Request-Id", logs.request_id.get() or ""))
         try:
@@ -353,6 +360,8 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         inbound.prepare_client_socket(environ, config.proxy.client_timeout)
         logs.request_id.set(request_id_from(request.headers.get("X-Request-Id")))
         if request.method == "OPTIONS":  # answered here, on every path, never forwarded
+            if cors.is_preflight(environ) and request.path.startswith("/llmux/"):
+                raise Forbidden("the admin API is not open to other origins")
             if cors.is_preflight(environ):
                 return _empty(*cors.preflight(environ, config.cors))
             return _empty(204, [("Allow", ", ".join(ALL_METHODS))])
@@ -370,7 +379,8 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
                 response.headers["X-Llmux-Queue-Wait-Ms"] = str(round(wait * 1000))
         config = environ.get(CONFIG)
         answered_preflight = cors.is_preflight(environ) and response.status_code == 204
-        if config is not None and not answered_preflight:
+        admin = request.path.startswith("/llmux/")  # never readable by another origin
+        if config is not None and not answered_preflight and not admin:
             for name, value in cors.response_headers(environ, config.cors):
                 if name == "Vary":  # keep the backend's (Accept-Encoding, say)
                     response.vary.add(value)

@@ -41,14 +41,46 @@ def read_fields(body: bytes, content_type: str) -> Fields:
 def with_model(body: bytes, content_type: str, model: str) -> bytes:
     """``body`` with its ``model`` set to ``model`` (already read by :func:`read_fields`).
 
-    A JSON object is serialised again (members in their order, numbers as
-    Python reads them, no ASCII escaping); a form keeps every byte but the field.
+    Only the value of the top-level ``model`` member changes: every other
+    byte of the JSON text (numbers, escapes, duplicate keys deeper down) or of
+    the form reaches the backend as the client wrote it.
     """
     if forms.is_form(content_type):
         return forms.with_field(body, content_type, "model", model)
-    data = json.loads(body)
-    data["model"] = model
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    encoding = json.detect_encoding(body)
+    text = body.decode(encoding)
+    start, end = _model_span(text)
+    return (text[:start] + json.dumps(model) + text[end:]).encode(encoding)
+
+
+_WS = " \t\n\r"
+_DECODER = json.JSONDecoder()
+
+
+def _model_span(text: str) -> tuple[int, int]:
+    """Where the top-level ``model`` string value is in a JSON object text: ``[start, end)``.
+
+    For a text :func:`read_fields` accepted (RFC 8259 grammar: members are
+    ``string ws : ws value`` separated by ``,``); each other value is skipped
+    with the standard decoder.
+    """
+    i = _skip(text, 0)
+    if text.startswith("\ufeff", i):
+        i = _skip(text, i + 1)
+    i = _skip(text, i + 1)  # past "{"
+    while True:
+        key, i = json.decoder.scanstring(text, i + 1)  # past the key's opening quote
+        i = _skip(text, _skip(text, i) + 1)  # past ":"
+        _, end = _DECODER.raw_decode(text, i)
+        if key == "model":
+            return i, end
+        i = _skip(text, _skip(text, end) + 1)  # past ","
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
 
 
 def _json_object(body: bytes) -> dict:

@@ -65,6 +65,7 @@ class Exchange:
         self.arrived_state: str | None = None  # the model's state when it asked for it
         self.queued_at: float | None = None
         self.early = False  # its headers went out before it was admitted (stream_loading)
+        self.admission = None  # loading.Admission while it waits that way
         self.ttfb: float | None = None
         self.ticket = None  # the switcher's Ticket once admitted
         self.reply: Reply | None = None
@@ -128,6 +129,8 @@ class Exchange:
             return
         self.closed = True
         try:
+            if self.admission is not None:  # still queued, or admitted and not taken
+                self.admission.abandon()
             if self._watch is not None:
                 self._watch.stop()
             if self.reply is not None:

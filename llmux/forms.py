@@ -16,6 +16,8 @@ leaves every other byte of the form as it was.
 
 from __future__ import annotations
 
+import re
+
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
@@ -74,24 +76,34 @@ def model_of_form(body: bytes, content_type: str) -> str:
 
 
 def with_field(body: bytes, content_type: str, name: str, value: str) -> bytes:
-    """``body`` with the value of every non-file field called ``name`` set to ``value``.
+    """``body`` with the value of the non-file field ``name`` set to ``value``.
 
     For a form :func:`model_of_form` accepted. RFC 2046 §5.1.1: a part ends
-    where ``CRLF--boundary`` begins, and the boundary never occurs inside a
-    part, so splitting on it finds every part without decoding any.
+    where a line break and ``--boundary`` begin, followed by ``--`` or the end
+    of the line; the boundary never occurs so inside a part, so splitting
+    there finds every part without decoding any. Line breaks may be CRLF or,
+    as Werkzeug also accepts, LF. The result is read again, and a form whose
+    field could not be set this way is refused (400) rather than sent unchanged.
     """
-    delimiter = b"\r\n--" + _boundary(content_type)
-    pieces = (b"\r\n" + body).split(delimiter)  # [preamble, part, ..., "--" epilogue]
-    for i in range(1, len(pieces) - 1):
-        head, blank, _ = pieces[i].partition(b"\r\n\r\n")
-        if blank and _field_name(head) == name:
-            pieces[i] = head + blank + value.encode("utf-8")
-    return delimiter.join(pieces)[2:]
+    boundary = _boundary(content_type)
+    delimiter = re.compile(rb"(\r?\n--" + re.escape(boundary) + rb")(?=--|[ \t]*\r?\n)")
+    pieces = delimiter.split(b"\r\n" + body)  # [preamble, delim, part, delim, ..., epilogue]
+    for i in range(2, len(pieces) - 1, 2):
+        match = _HEAD_END.search(pieces[i])
+        if match and _field_name(pieces[i][: match.start()]) == name:
+            pieces[i] = pieces[i][: match.end()] + value.encode("utf-8")
+    out = b"".join(pieces)[2:]
+    if model_of_form(out, content_type) != value:
+        raise InvalidBody(f"the form's '{clip(name, 32)}' field could not be rewritten")
+    return out
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
 def _field_name(head: bytes) -> str | None:
     """The ``name`` of a part from its header block, or None for a file or no name."""
-    for line in head.decode("latin-1").split("\r\n"):
+    for line in re.split(r"\r?\n", head.decode("latin-1")):
         key, colon, value = line.partition(":")
         if colon and key.strip().lower() == "content-disposition":
             options = parse_options_header(value)[1]

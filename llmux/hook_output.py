@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from collections.abc import Callable
 
 from .polling import readable
@@ -62,14 +61,11 @@ class Progress:
     """How far a wake hook says it is: the last ``LLMUX_PROGRESS F`` line it printed.
 
     ``F`` is a fraction from 0 to 1 (clamped), alone on its line after the
-    keyword, on stdout or stderr. ``fraction`` is None until such a line came;
-    ``at`` is when (``clock`` seconds).
+    keyword, on stdout or stderr. ``fraction`` is None until such a line came.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
+    def __init__(self):
         self.fraction: float | None = None
-        self.at: float | None = None
 
     def reader(self) -> Callable[[bytes], None]:
         """A listener for one stream: lines may arrive split across reads."""
@@ -83,7 +79,6 @@ class Progress:
                 match = _PROGRESS.fullmatch(line.strip())
                 if match:
                     self.fraction = min(1.0, max(0.0, float(match.group(1))))
-                    self.at = self.clock()
 
         return feed
 

@@ -188,7 +188,10 @@ class LoadingRelay:
             exchange.reply = reply = self.send()
             if reply.status != 200 or _mimetype(reply.headers) != "text/event-stream":
                 raise _backend_error(reply)
-        except LlmuxError as exc:
+        except Exception as exc:
+            if not isinstance(exc, LlmuxError):  # a bug: logged, never shown to the client
+                log.exception("waiting stream failed", extra={"event": "internal_error"})
+                exc = LlmuxError("internal error in llmux; see its log")
             self._error = exc
             if exc.status != 499:  # else nobody is there to read it
                 yield self._error_event(exc)
@@ -214,8 +217,7 @@ class LoadingRelay:
         error = sys.exc_info()[1]  # gunicorn calls this from a finally, as for Relay
         if self._chunks is not None:
             self._chunks.close()
-        self.admission.abandon()
-        exchange = self.exchange
+        exchange = self.exchange  # its close() abandons the admission too
         status = exchange.reply.status if exchange.reply is not None else 200
         if self._error is not None:
             outcome = "client_closed" if self._error.status == 499 else "error"

@@ -55,7 +55,7 @@ class Reloader:
             raise InvalidConfig(f"{old.path} is not valid; nothing changed", exc.problems) from None
 
         def check(states: dict[str, str]) -> None:
-            problems = port_changes_of_live_models(old, new, states)
+            problems = changes_of_live_models(old, new, states)
             if problems:
                 raise InvalidConfig(f"{old.path} cannot be applied now; nothing changed", problems)
 
@@ -102,14 +102,19 @@ class Reloader:
             )
 
 
-def port_changes_of_live_models(old: Config, new: Config, states: dict[str, str]) -> list[str]:
+def changes_of_live_models(old: Config, new: Config, states: dict[str, str]) -> list[str]:
     problems = []
     for name, spec in new.models.items():
         before = old.models.get(name)
         state = states.get(name, "asleep")
-        if before is not None and spec.port != before.port and state != "asleep":
-            problems.append(
-                f"models.{name}.port: cannot change from {before.port} to {spec.port} while "
-                f"{name} is {state}; put it to sleep first"
-            )
+        if before is None or state == "asleep":
+            continue
+        # what its backend was started with: it listens there, and answers to that name
+        for key in ("port", "upstream_model"):
+            was, now = getattr(before, key), getattr(spec, key)
+            if was != now:
+                problems.append(
+                    f"models.{name}.{key}: cannot change from {was} to {now} while "
+                    f"{name} is {state}; put it to sleep first"
+                )
     return problems

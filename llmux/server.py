@@ -145,7 +145,9 @@ def shut_down_on_sigterm(worker) -> None:
 def sleep_active_on_exit(server, worker) -> None:
     """gunicorn's ``worker_exit`` hook, run in the worker after its requests ended.
 
-    With ``shutdown.sleep_active`` the awake model's sleep hook runs here, so
+    A switch still running is waited for first (its hook finishes rather than
+    lose its output pipes with the worker), within ``graceful_timeout`` of the
+    shutdown. With ``shutdown.sleep_active`` the awake model's sleep hook runs here, so
     it has what is left of ``graceful_timeout`` after the drain. gunicorn's
     SIGHUP also ends the worker this way, so the model is put to sleep then too.
     """

@@ -30,6 +30,7 @@ removed it. That takes the same ``switching`` slot, so it never overlaps a switc
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import dataclasses
 import logging
@@ -227,10 +228,10 @@ class Switcher:
             self._cond.notify_all()  # a drain re-asks: this waiter may make it unneeded
             self.observer.request_queued(model)
             self.observer.queue_depth_changed(model, len(m.waiters))
-            if queued is not None:
-                queued(waiter)
             deadline = None if timeout is None else now + timeout
             try:
+                if queued is not None:
+                    queued(waiter)
                 return self._wait(m, waiter, deadline, timeout, cancelled)
             except BaseException:
                 self._abandon(m, waiter)
@@ -342,8 +343,12 @@ class Switcher:
 
     def _retry_after(self, model: str) -> int:
         """Whole seconds for a ``Retry-After``: the estimate, at least 1."""
-        eta = self._eta(model, self.clock())
-        return max(1, math.ceil(eta)) if eta is not None else 1
+        return _whole_secs(self._eta(model, self.clock()))
+
+    def _retry_after_switch(self) -> int:
+        """``Retry-After`` for what waits on the running switch itself."""
+        left = self._switch_left(self.clock()) if self._target is not None else None
+        return _whole_secs(left)
 
     # --- deciding ---
 
@@ -548,6 +553,8 @@ class Switcher:
             elif wanted != target:
                 self.observer.switch_retargeted(source, target, wanted)
                 target = self._target = wanted
+                # the estimate of the rest: a switch from where we are now
+                self._source, self._switch_started = awake, self.clock()
         if reason is None:
             return target
         if awake is not None:
@@ -820,7 +827,7 @@ class Switcher:
                     raise SwitchTimeout(
                         f"a switch was still running after {timeout:g}s; '{model}' was not "
                         "put to sleep",
-                        retry_after=self._retry_after(model),
+                        retry_after=self._retry_after_switch(),
                     )
                 self._cond.wait(min(left, MAX_WAIT_SECS))
             if self._active != model:
@@ -969,13 +976,16 @@ class Switcher:
         and the fraction the model's wake hook printed (None if none).
         """
         with self._cond:
-            positions = self._positions()
             m = self._models.get(waiter.model)
+            queues = [q.waiters for q in self._models.values()]
+            # each queue is in arrival order: a binary search per model, no sort
+            queued = m is not None and _holds(m.waiters, waiter)
+            ahead = sum(bisect.bisect_left(q, waiter.since, key=_since) for q in queues)
             return {
                 "model": waiter.model,
                 "state": m.state if m is not None else ASLEEP,
-                "position": positions.get(waiter),
-                "queued": len(positions),
+                "position": ahead + 1 if queued else None,
+                "queued": sum(len(q) for q in queues),
                 "eta_secs": _rounded(self._eta(waiter.model, self.clock())),
                 "hook_progress": self._hook_progress(waiter.model),
             }
@@ -1057,3 +1067,17 @@ def _since(waiter: Waiter) -> float:
 
 def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
+
+
+def _holds(queue: list[Waiter], waiter: Waiter) -> bool:
+    """Whether ``waiter`` is in ``queue`` (in arrival order), by binary search."""
+    i = bisect.bisect_left(queue, waiter.since, key=_since)
+    while i < len(queue) and queue[i].since == waiter.since:
+        if queue[i] is waiter:
+            return True
+        i += 1
+    return False
+
+
+def _whole_secs(seconds: float | None) -> int:
+    return max(1, math.ceil(seconds)) if seconds is not None else 1

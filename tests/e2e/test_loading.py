@@ -122,6 +122,25 @@ def test_a_waiting_stream_gets_progress_and_then_the_real_stream(gated):
     assert lines.index(real[0]) > lines.index(admitted_line)
 
 
+def test_a_waiting_stream_asks_the_backend_for_no_compression(gated):
+    llmux = gated
+    body = {"model": "b", "stream": True, "messages": HI, "fake": {"echo_headers": True}}
+    raw = requests.post(
+        llmux.url + "/v1/chat/completions",
+        json=body,
+        headers={"Accept-Encoding": "gzip"},  # its response headers are out: no coding later
+        stream=True,
+        timeout=30,
+    )
+    wait_for(lambda: len(queued_for(llmux, "b")) == 1)
+    open_gate(llmux)
+    chunks = [json.loads(x[6:]) for x in sse_lines(raw) if x.startswith("data: {")]
+    assert chunks[0]["x_headers"].get("Accept-Encoding", "identity") == "identity"
+    # a request admitted at once keeps the header: the backend's answer goes out as it is
+    direct = llmux.post(body={**body, "stream": False}, headers={"Accept-Encoding": "gzip"})
+    assert direct.json()["x_headers"]["Accept-Encoding"] == "gzip"
+
+
 def test_without_stream_loading_nothing_comes_early(llmux_factory):
     llmux = llmux_factory()
     assert llmux.chat("a").status_code == 200

@@ -229,6 +229,15 @@ def test_preflight_answers(llmux_factory):
     r = llmux.post(body={**CHAT_A, "model": "b"}, headers=foreign)
     assert_error(r, 403, "forbidden")
     assert llmux.hook_runs() == [("wake", "a")]
+    # the admin API is for no other origin: its preflight is refused, its answers unreadable
+    r = requests.options(
+        llmux.url + "/llmux/status",
+        headers={"Origin": listed, "Access-Control-Request-Method": "GET"},
+        timeout=5,
+    )
+    assert_error(r, 403, "forbidden")
+    r = llmux.admin("GET", "/status", headers={"Origin": listed})
+    assert r.status_code == 200 and "Access-Control-Allow-Origin" not in r.headers
     # OPTIONS that is not a preflight: what may be used, never forwarded
     r = requests.options(llmux.url + "/v1/chat/completions", timeout=5)
     assert r.status_code == 204 and "POST" in r.headers["Allow"]

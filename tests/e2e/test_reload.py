@@ -159,6 +159,20 @@ def test_a_reload_while_switching_is_safe(llmux_factory):
     assert server.status()["models"]["b"]["idle_sleep_secs"] == 30
 
 
+def test_upstream_model_of_an_awake_model_cannot_change(llmux_factory):
+    server = llmux_factory()
+    assert server.chat("a").status_code == 200
+    server.rewrite_config(lambda c: c["models"]["a"].update(upstream_model="Org/A"))
+    r = server.admin("POST", "/reload")
+    assert r.status_code == 400, r.text
+    assert any("models.a.upstream_model" in p for p in r.json()["error"]["problems"])
+    server.rewrite_config(lambda c: c["models"]["b"].update(upstream_model="Org/B"))
+    server.rewrite_config(lambda c: c["models"]["a"].pop("upstream_model"))
+    assert server.admin("POST", "/reload").status_code == 200  # b is asleep: fine
+    assert server.chat("b").json()["x_served_by"] == "b"
+    assert [h["model"] for h in server.backend_hits("b")] == ["Org/B"]
+
+
 def test_a_reload_that_changes_only_settings_says_which(llmux_factory):
     server = llmux_factory()
 
