@@ -3,7 +3,7 @@
 #
 # gunicorn's master runs this file before gevent patches anything: import
 # nothing heavy here (no flask, requests or urllib3).
-from llmux.server import default_bind, gunicorn_settings
+from llmux.ops.server import default_bind, gunicorn_settings
 
 globals().update(gunicorn_settings())
 bind = [default_bind()]

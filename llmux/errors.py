@@ -3,7 +3,7 @@
 Every failure that reaches a client is an :class:`LlmuxError`. Library errors
 (hooks, ``requests``, ``urllib3``, JSON) are translated into one of these at the
 edge where they happen; the HTTP layer turns them into the OpenAI error envelope
-in exactly one place (``llmux.app``)::
+in exactly one place (``llmux.web.app``)::
 
     raise QueueTimeout(f"waited 30s for model 'llama'")
     # -> 504 {"error": {"message": ..., "type": "server_error",

@@ -244,7 +244,7 @@ def test_a_server_started_by_a_wake_hook_without_redirection_keeps_running(llmux
     server.fault(
         "wake",
         "a",
-        '"$LLMUX_PYTHON" -m llmux.fake_backend --port "$LLMUX_PORT" --model a --chatty &\n'
+        '"$LLMUX_PYTHON" -m llmux.demo.fake_backend --port "$LLMUX_PORT" --model a --chatty &\n'
         'echo $! > "$pidfile"',
     )
     for _ in range(3):

@@ -29,7 +29,7 @@ def awake_backends(server: Llmux) -> set[str]:
     found = set()
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "llmux.fake_backend" in cmd and str(server.dir) in " ".join(cmd):
+        if "llmux.demo.fake_backend" in cmd and str(server.dir) in " ".join(cmd):
             found.add(cmd[cmd.index("--model") + 1])
     return found
 

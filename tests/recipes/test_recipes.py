@@ -281,7 +281,7 @@ def test_llama_server_recipe_can_run_the_server_in_a_scope_of_its_own(tmp_path):
 
 
 def _group(pgid: int) -> list[int]:
-    from llmux.hooks import group_members
+    from llmux.engine.hooks import group_members
 
     return [pid for pid, state in group_members(pgid) if state not in (b"Z", b"X")]
 

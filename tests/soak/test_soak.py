@@ -35,7 +35,7 @@ SECONDS = float(os.environ.get("LLMUX_SOAK_SECS", "45"))
 # the server a wake hook starts without redirecting its output; it logs a line
 # per request to the hook's stdout and dies of SIGPIPE if that pipe is closed
 CHATTY_WAKE = (
-    '"$LLMUX_PYTHON" -m llmux.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" '
+    '"$LLMUX_PYTHON" -m llmux.demo.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" '
     '--tokens-per-sec 200 --tokens 10 --chatty &\necho $! > "$pidfile"'
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from llmux.hooks import HookResult
+from llmux.engine.hooks import HookResult
 
 
 class FakeHooks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmux.app import create_app
+from llmux.web.app import create_app
 
 CONFIG = """
 port: 3999

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from llmux import __version__
-from llmux.cli import main
 from llmux.config import load_config
+from llmux.ops.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_serve_refuses_an_invalid_config(tmp_path):
 def test_the_master_imports_nothing_heavy():
     """gunicorn's master imports these before gevent patches (gunicorn itself brings ssl)."""
     code = (
-        "import sys, runpy; import llmux.cli, llmux.server;"
+        "import sys, runpy; import llmux.ops.cli, llmux.ops.server;"
         f"runpy.run_path({str(ROOT / 'gunicorn.conf.py')!r});"
         "bad = [m for m in ('flask', 'werkzeug', 'requests', 'urllib3') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
@@ -112,7 +112,7 @@ def test_the_master_imports_nothing_heavy():
 def test_text_log_format_escapes_control_characters():
     import logging
 
-    from llmux.logs import TextFormatter
+    from llmux.telemetry.logs import TextFormatter
 
     record = logging.LogRecord(
         "llmux", logging.INFO, __file__, 1, "model %s", ("a\nb\x1b[2J",), None

@@ -7,10 +7,10 @@ import json
 import pytest
 import requests
 
-from llmux import bodies, cors
 from llmux.config import ConfigError, CorsConfig, parse_config
+from llmux.engine.hook_output import Progress
 from llmux.errors import Forbidden, InvalidBody, InvalidModel
-from llmux.hook_output import Progress
+from llmux.web import bodies, cors
 
 HOOKS = {"wake": "w", "sleep": "s", "alive": "a"}
 

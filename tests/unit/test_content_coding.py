@@ -9,8 +9,8 @@ import zlib
 import pytest
 import zstandard
 
-from llmux.content_coding import decode
 from llmux.errors import InvalidBody, RequestTooLarge, UnsupportedMediaType
+from llmux.web.content_coding import decode
 
 BODY = b'{"model": "a", "prompt": "' + b"abc" * 1000 + b'"}'
 

@@ -9,8 +9,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmux.hooks import HookResult
-from llmux.telemetry import Metrics
+from llmux.engine.hooks import HookResult
+from llmux.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 # PromQL functions, keywords and label names that look like identifiers

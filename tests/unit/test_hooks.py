@@ -6,7 +6,7 @@ import time
 import pytest
 
 from llmux.config import parse_config
-from llmux.hooks import TAIL_BYTES, HookRunner, OutputKeeper, run_hook
+from llmux.engine.hooks import TAIL_BYTES, HookRunner, OutputKeeper, run_hook
 from tests.helpers import process_alive as alive
 
 

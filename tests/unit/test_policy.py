@@ -1,6 +1,6 @@
 import pytest
 
-from llmux.policy import FifoPolicy, Snapshot, Stay, SwitchCosts, SwitchTo, WaitUntil
+from llmux.engine.policy import FifoPolicy, Snapshot, Stay, SwitchCosts, SwitchTo, WaitUntil
 
 
 def snap(**kw):

@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from llmux.hooks import run_hook
-from llmux.inbound import client_gone_probe
+from llmux.engine.hooks import run_hook
 from llmux.polling import readable
+from llmux.web.inbound import client_gone_probe
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-from llmux.proxy import filter_headers
+from llmux.web.upstream import filter_headers
 
 
 def test_hop_by_hop_and_connection_listed_headers_are_dropped():

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from llmux.engine.switcher import ASLEEP, AWAKE, FAILED, Switcher, SwitchSettings
 from llmux.errors import (
     ClientGone,
     ModelNotFound,
@@ -17,7 +18,6 @@ from llmux.errors import (
     ShuttingDown,
     SwitchTimeout,
 )
-from llmux.switcher import ASLEEP, AWAKE, FAILED, Switcher, SwitchSettings
 
 from .fakes import FakeHooks
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from llmux.engine.switcher import ASLEEP, AWAKE, FAILED
 from llmux.errors import ModelUnavailable, QueueTimeout
-from llmux.switcher import ASLEEP, AWAKE, FAILED
 
 from .fakes import FakeHooks
 from .test_switcher import join, make, spawn, wait_for

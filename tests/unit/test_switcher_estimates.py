@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
+from llmux.engine.policy import SwitchCosts
+from llmux.engine.switcher import Switcher, SwitchSettings
 from llmux.errors import QueueFull
-from llmux.policy import SwitchCosts
-from llmux.switcher import Switcher, SwitchSettings
 
 from .fakes import FakeHooks
 from .test_switcher import join, spawn, wait_for

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from llmux.engine.switcher import ASLEEP, AWAKE, Switcher, SwitchSettings
 from llmux.errors import ModelNotFound
-from llmux.switcher import ASLEEP, AWAKE, Switcher, SwitchSettings
 
 from .fakes import FakeHooks
 from .test_switcher import MODELS, join, spawn, wait_for

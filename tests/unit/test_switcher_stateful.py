@@ -13,8 +13,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from llmux.engine.switcher import Switcher, SwitchSettings
 from llmux.errors import LlmuxError
-from llmux.switcher import Switcher, SwitchSettings
 
 from .fakes import FakeHooks
 

@@ -8,7 +8,7 @@ import pytest
 
 from llmux.config import ProxyConfig
 from llmux.errors import BadGateway
-from llmux.proxy import Upstream
+from llmux.web.upstream import Upstream
 from tests.helpers import RawServer
 
 OK = (

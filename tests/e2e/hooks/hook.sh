@@ -25,7 +25,7 @@ wake)
     sleep "${HOOK_WAKE_SECS:-0}"
     if ! { [ -f "$pidfile" ] && running "$(cat "$pidfile")"; }; then
         # shellcheck disable=SC2086
-        "$LLMUX_PYTHON" -m llmux.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" \
+        "$LLMUX_PYTHON" -m llmux.demo.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" \
             --access-log "$dir/access-$LLMUX_MODEL.log" \
             ${FAKE_ARGS:-} >>"$dir/run/backend-$LLMUX_PORT.log" 2>&1 &
         echo $! >"$pidfile"

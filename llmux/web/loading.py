@@ -35,8 +35,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from .errors import LlmuxError
-from .proxy import Reply, UpstreamAborted
+from ..errors import LlmuxError
+from .upstream import Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.loading")
 
@@ -142,7 +142,7 @@ class Admission:
             ticket.release()
 
     def progress(self) -> dict:
-        """The switcher's :meth:`~llmux.switcher.Switcher.progress` for this request."""
+        """The switcher's :meth:`~llmux.engine.switcher.Switcher.progress` for this request."""
         if self.waiter is None:
             return {"model": self.model}
         return self.switcher.progress(self.waiter)
@@ -152,7 +152,7 @@ class LoadingRelay:
     """The body of an answer whose headers went out before its request was admitted.
 
     The WSGI iterable; ``close()`` closes the exchange. ``send`` sends the
-    request once admitted and returns the backend's :class:`~llmux.proxy.Reply`
+    request once admitted and returns the backend's :class:`~llmux.web.upstream.Reply`
     (or raises an :class:`~llmux.errors.LlmuxError`).
     """
 

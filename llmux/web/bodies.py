@@ -7,7 +7,7 @@ Usage::
     body = with_model(body, content_type, "Qwen/Qwen2.5-7B-Instruct")   # upstream_model
 
 A body is either a JSON object (every OpenAI and Anthropic endpoint but the
-uploads) or a ``multipart/form-data`` form (:mod:`llmux.forms`). Only
+uploads) or a ``multipart/form-data`` form (:mod:`llmux.web.forms`). Only
 ``model`` is ever changed, and only when the configured model has an
 ``upstream_model`` or was asked for by an alias; every other byte of a form,
 and every other member of a JSON object, reaches the backend as sent.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..errors import InvalidBody, InvalidModel, clip
 from . import forms
-from .errors import InvalidBody, InvalidModel, clip
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Usage::
     llmux fake-backend --port 8001 --model llama
 
 This module runs in gunicorn's master: it imports the app (flask, requests)
-only inside the worker, through :class:`llmux.server.LlmuxServer`.
+only inside the worker, through :class:`llmux.ops.server.LlmuxServer`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 import click
 
-from . import __version__
-from .config import ConfigError, load_config
-from .logs import FORMATS
+from .. import __version__
+from ..config import ConfigError, load_config
+from ..telemetry.logs import FORMATS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -213,7 +213,7 @@ def _print_problems(exc: ConfigError) -> None:
 def fake_backend(ctx):
     """A small OpenAI-compatible server for demos and tests (--help for options)."""
     # A fresh interpreter: the fake backend is its own gevent program.
-    argv = [sys.executable, "-m", "llmux.fake_backend", *ctx.args]
+    argv = [sys.executable, "-m", "llmux.demo.fake_backend", *ctx.args]
     os.execv(sys.executable, argv)
 
 

@@ -17,7 +17,6 @@ requests or urllib3 (they would be imported before gevent patches ssl).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import runpy
@@ -25,8 +24,9 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 
-from .config import ConfigError, load_config
-from .logs import logging_config
+from ..config import ConfigError, load_config
+from ..netaddr import is_loopback
+from ..telemetry.logs import logging_config
 
 log = logging.getLogger("llmux.server")
 
@@ -52,7 +52,7 @@ def gunicorn_settings(log_format: str | None = None) -> dict:
         "accesslog": "-",
         "errorlog": "-",
         "logconfig_dict": logging_config(log_format or os.environ.get("LLMUX_LOG_FORMAT", "json")),
-        "wsgi_app": "llmux.app:create_app()",
+        "wsgi_app": "llmux.web.app:create_app()",
         "on_starting": check_settings,
         "post_worker_init": shut_down_on_sigterm,
         "worker_exit": sleep_active_on_exit,
@@ -104,17 +104,6 @@ def check_settings(arbiter) -> None:
                 "run hooks and use the models",
                 bind,
             )
-
-
-def is_loopback(host: str | None) -> bool:
-    """A listen address or a client's address that never leaves the machine."""
-    host = host or ""
-    if host == "localhost" or host.startswith("unix:"):
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:  # a host name or "" (every interface, or no address)
-        return False
 
 
 def shut_down_on_sigterm(worker) -> None:
@@ -198,6 +187,8 @@ class LlmuxServer(BaseApplication):
         os.environ["LLMUX_CONFIG"] = self.config_file
 
     def load(self):
-        from .app import create_app  # in the worker, after gevent patched everything
+        # in the worker, after gevent patched everything: the one import of llmux.web
+        # from llmux.ops, exempted by name in .importlinter
+        from ..web.app import create_app
 
         return create_app(self.config_file, port=self.port_override)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from .events import Observer
-from .hooks import HookResult
+from ..engine.events import Observer
+from ..engine.hooks import HookResult
 
 TIMELINE_SECS = 3600.0
 MAX_TIMELINE = 1000

@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from .config import Config, ConfigError, load_config
-from .errors import Busy, InvalidConfig, LlmuxError
-from .switcher import SwitchSettings
+from ..config import Config, ConfigError, load_config
+from ..engine.switcher import SwitchSettings
+from ..errors import Busy, InvalidConfig, LlmuxError
 
 log = logging.getLogger("llmux.reload")
 

@@ -8,7 +8,7 @@ Usage::
 
 Off by default: no ``Access-Control-*`` header is ever sent, a preflight gets
 403, and a browser refuses to let another site's page read llmux's answers
-(:func:`llmux.inbound.refuse_cross_site` refuses the requests themselves).
+(:func:`llmux.web.inbound.refuse_cross_site` refuses the requests themselves).
 With ``cors.allow_origins``, pages from exactly those origins may call every
 endpoint. The protocol is the Fetch Standard's CORS protocol
 (https://fetch.spec.whatwg.org/#http-cors-protocol); the private-network
@@ -22,7 +22,7 @@ default is ``*``): llmux answers for the whole server.
 
 from __future__ import annotations
 
-from .errors import Forbidden, clip
+from ..errors import Forbidden, clip
 
 # what llmux adds that a page's script may read
 EXPOSED = "X-Request-Id, Retry-After, X-Llmux-Queue-Wait-Ms, X-Llmux-Model-State"

@@ -80,7 +80,7 @@ def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
             "json_ensure_ascii": True,
         },
         "text": {
-            "()": "llmux.logs.TextFormatter",
+            "()": "llmux.telemetry.logs.TextFormatter",
             "fmt": "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
             "datefmt": "%Y-%m-%d %H:%M:%S",
         },
@@ -95,8 +95,8 @@ def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {
-            "request_id": {"()": "llmux.logs.RequestIdFilter"},
-            "client_timeout": {"()": "llmux.logs.ClientTimeoutFilter"},
+            "request_id": {"()": "llmux.telemetry.logs.RequestIdFilter"},
+            "client_timeout": {"()": "llmux.telemetry.logs.ClientTimeoutFilter"},
         },
         "formatters": {fmt: formatters[fmt]},
         "handlers": {"stderr": handler},

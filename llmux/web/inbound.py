@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from . import content_coding, forms
-from .errors import (
+from ..errors import (
     Forbidden,
     InvalidBody,
     NotFound,
@@ -34,7 +33,8 @@ from .errors import (
     UnsupportedMediaType,
     clip,
 )
-from .polling import readable
+from ..polling import readable
+from . import content_coding, forms
 
 log = logging.getLogger("llmux.inbound")
 
@@ -108,7 +108,7 @@ def refuse_cross_site(environ: dict, listed: Callable[[str], bool] = lambda _: F
 def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
     """The whole request body, decoded, refusing more than ``limit`` bytes (413).
 
-    A body sent with ``Content-Encoding`` is decoded (:mod:`llmux.content_coding`),
+    A body sent with ``Content-Encoding`` is decoded (:mod:`llmux.web.content_coding`),
     and ``limit`` applies to the decoded size too.
 
     A declared ``Content-Length`` over the limit is refused before reading

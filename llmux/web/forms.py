@@ -21,7 +21,7 @@ import re
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from .errors import InvalidBody, InvalidModel, clip
+from ..errors import InvalidBody, InvalidModel, clip
 
 MAX_FIELD_BYTES = 1024  # a model name is at most 128 characters
 

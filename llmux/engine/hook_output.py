@@ -29,7 +29,7 @@ import re
 import threading
 from collections.abc import Callable
 
-from .polling import readable
+from ..polling import readable
 
 TAIL_BYTES = 64 * 1024
 

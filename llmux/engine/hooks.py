@@ -13,7 +13,7 @@ a hook that starts a daemon in the background returns as soon as the shell does
 (``subprocess.run(timeout=)`` would wait for the daemon's copy of the pipe, see
 docs in ``python-stack.md`` §2). Output is read as it comes and only the last
 64 KiB of each stream is kept. Pipes the daemon still holds are not closed under
-it (its next log line would get SIGPIPE): :class:`~llmux.hook_output.OutputKeeper`
+it (its next log line would get SIGPIPE): :class:`~llmux.engine.hook_output.OutputKeeper`
 reads them on until end of file.
 
 Under gunicorn's gevent worker, ``subprocess``, ``select`` and ``time`` are
@@ -29,8 +29,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..polling import readable
 from .hook_output import TAIL_BYTES, OutputKeeper, Progress, Tail, read_some
-from .polling import readable
 
 __all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "Progress", "run_hook"]
 _POLL_MIN, _POLL_MAX = 0.002, 0.05

@@ -35,7 +35,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
-from .errors import BadGateway, ClientGone, GatewayTimeout, clip
+from ..errors import BadGateway, ClientGone, GatewayTimeout, clip
 
 log = logging.getLogger("llmux.proxy")
 

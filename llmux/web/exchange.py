@@ -17,7 +17,7 @@ upstream failure mid-stream, a client that left or stalled, an error answer,
 or a response gunicorn never even started to send. Nothing is released in a
 generator's ``finally``: a generator that never ran never gets there, while
 WSGI servers call ``close()`` on the response iterable in every case, and
-``llmux.app``'s outermost layer closes the exchange when not even an iterable
+``llmux.web.app``'s outermost layer closes the exchange when not even an iterable
 came back.
 """
 
@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator
 
 from . import inbound
-from .proxy import Cancel, Reply, UpstreamAborted
+from .upstream import Cancel, Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.request")
 
@@ -171,7 +171,7 @@ class Relay:
 
     Yields ``b""`` first, so gunicorn sends the headers before the first token,
     then the reply's raw chunks. A backend failure mid-body propagates as
-    :class:`~llmux.proxy.UpstreamAborted`, so the client sees a cut response.
+    :class:`~llmux.web.upstream.UpstreamAborted`, so the client sees a cut response.
     """
 
     __slots__ = ("exchange", "_chunks", "_finished", "_failed")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import zlib
 
-from .errors import InvalidBody, RequestTooLarge, UnsupportedMediaType, clip
+from ..errors import InvalidBody, RequestTooLarge, UnsupportedMediaType, clip
 
 CODINGS = ("gzip", "deflate", "zstd", "identity")
 PIECE = 64 * 1024

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import (
+from ..errors import (
     ClientGone,
     LlmuxError,
     ModelNotFound,
@@ -299,7 +299,7 @@ class Switcher:
         0 when it is awake; the rest of its switch when one is bringing it;
         otherwise the rest of the running switch (or of a failure backoff) plus a
         switch from where that leaves to ``model``. Switch durations are the
-        measured averages (:class:`~llmux.policy.SwitchCosts`); queues of other
+        measured averages (:class:`~llmux.engine.policy.SwitchCosts`); queues of other
         models that FIFO may serve first are not counted.
         """
         m = self._models.get(model)

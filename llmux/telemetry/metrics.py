@@ -27,10 +27,10 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from . import __version__
-from .events import Observer
-from .hooks import HookResult
-from .policy import IDLE
+from .. import __version__
+from ..engine.events import Observer
+from ..engine.hooks import HookResult
+from ..engine.policy import IDLE
 
 # 1 ms to 30 min: a request's first byte and a cold start of a large model alike
 BUCKETS = (

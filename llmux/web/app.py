@@ -2,7 +2,7 @@
 
 Usage::
 
-    gunicorn -c gunicorn.conf.py 'llmux.app:create_app("conf/demo.yaml")'
+    gunicorn -c gunicorn.conf.py 'llmux.web.app:create_app("conf/demo.yaml")'
 
 ``create_app`` must run in the gunicorn worker, after gevent patched the
 standard library (``preload_app`` stays off): the switcher's lock is built here.
@@ -27,20 +27,23 @@ from flask import Flask, Response, request
 from prometheus_client import exposition
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, bodies, cors, inbound, loading, logs
+from .. import __version__
+from ..config import Config, load_config
+from ..engine.events import Observers
+from ..engine.hooks import HookRunner
+from ..engine.ownership import Ownership, StateRecorder, reconcile
+from ..engine.switcher import Switcher, SwitchSettings
+from ..errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
+from ..netaddr import is_loopback
+from ..telemetry import logs
+from ..telemetry.history import History
+from ..telemetry.log_events import LogObserver
+from ..telemetry.metrics import Metrics
+from . import bodies, cors, inbound, loading
 from .admin import admin_blueprint
-from .config import Config, load_config
-from .errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
-from .events import LogObserver, Observers
 from .exchange import Exchange, request_id_from
-from .history import History
-from .hooks import HookRunner
-from .ownership import Ownership, StateRecorder, reconcile
-from .proxy import BackendUnreachable, Reply, Upstream, filter_headers
 from .reloading import Reloader
-from .server import is_loopback
-from .switcher import Switcher, SwitchSettings
-from .telemetry import Metrics
+from .upstream import BackendUnreachable, Reply, Upstream, filter_headers
 
 log = logging.getLogger("llmux.app")
 
@@ -222,7 +225,7 @@ class Gateway:
         ``exchange`` holds the ticket and the reply from the moment each exists;
         whatever is raised here, the error answer closes it (see ``create_app``).
         A ``stream`` request for a model with ``stream_loading`` that has to
-        wait is answered at once, with its progress (:mod:`llmux.loading`).
+        wait is answered at once, with its progress (:mod:`llmux.web.loading`).
         """
         model = exchange.model
         cancelled = inbound.client_gone_probe(environ)

@@ -30,7 +30,7 @@ MODEL = "<path:model>"
 
 def admin_blueprint(gateway) -> Blueprint:
     admin = Blueprint("llmux_admin", __name__, url_prefix="/llmux")
-    page = resources.files("llmux").joinpath("status_page.html").read_bytes()
+    page = resources.files("llmux.web").joinpath("status_page.html").read_bytes()
 
     @admin.before_request
     def authorize():

@@ -1,0 +1,1 @@
+"""A fake OpenAI-compatible backend for demos, tests and benchmarks."""
