@@ -100,7 +100,7 @@ def test_serve_refuses_an_invalid_config(tmp_path):
 def test_the_master_imports_nothing_heavy():
     """gunicorn's master imports these before gevent patches (gunicorn itself brings ssl)."""
     code = (
-        "import sys, runpy; import llmux.ops.cli, llmux.ops.server;"
+        "import sys, runpy; import llmux.ops.cli, llmux.ops.server, llmux.server;"
         f"runpy.run_path({str(ROOT / 'gunicorn.conf.py')!r});"
         "bad = [m for m in ('flask', 'werkzeug', 'requests', 'urllib3') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
