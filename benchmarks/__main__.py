@@ -25,7 +25,7 @@ from .report import machine, markdown, plot
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = sorted((ROOT / "benchmarks" / "traces").glob("*.jsonl"))
-ALL = ("non_streaming", "streaming", "scale", "switch_overhead", "replay")
+ALL = ("non_streaming", "streaming", "scale", "switch_overhead", "waiting", "replay")
 
 
 def main() -> int:
@@ -54,6 +54,8 @@ def main() -> int:
                 h.stop(server)
         if "switch_overhead" in chosen:
             results.append(_show(scenarios.switch_overhead(h, settings)))
+        if "waiting" in chosen:
+            results.append(_show(scenarios.waiting(h, settings)))
         if "replay" in chosen:
             for path in TRACES:
                 result = replay(h, Trace.load(path, settings.replay_secs))

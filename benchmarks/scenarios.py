@@ -13,6 +13,7 @@ reports the median over rounds of each round's percentile.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,9 @@ class Settings:
     switches: int = 20
     wake_secs: float = 0.2
     sleep_secs: float = 0.1
+    # 6. waiting: requests queued through one wake, and the wake's length
+    waiters: int = 1000
+    wait_window_secs: float = 3.0
     # 5. trace replay: seconds of each trace to replay (None: all)
     replay_secs: float | None = None
     peers: bool = True  # nginx
@@ -57,6 +61,7 @@ SMOKE = Settings(
     rounds=1, service_ms=100, concurrency=(8,), jitters=(0.5,), wrk_rounds=1, wrk_secs=1.0,
     throughput_secs=1.0, streams=(16,), chunks=10, scale_streams=50, scale_chunks=5,
     scale_gap_ms=50.0, switches=4, wake_secs=0.05, sleep_secs=0.02, replay_secs=2.0, litellm=False,
+    waiters=50, wait_window_secs=1.0,
 )  # fmt: skip
 
 
@@ -383,6 +388,83 @@ def switch_overhead(h: Harness, settings: Settings) -> Result:
     )
     result.series["switch"] = {"own": own, "spawn": spawn}
     return result
+
+
+def waiting(h: Harness, settings: Settings) -> Result:
+    """CPU that llmux's worker spends while requests wait for one wake, nothing else running.
+
+    ``settings.waiters`` requests for a model whose wake hook holds until a gate
+    file appears; once all are queued, the worker's own CPU time (not its
+    hooks') is read over ``wait_window_secs``; then the gate opens and every
+    request must be answered.
+    """
+    result = Result(
+        "Waiting: requests queued through one wake",
+        ["waiters", "window s", "worker CPU s", "CPU ms per waiter-second", "answered"],
+    )
+    gate = h.dir / f"gate-{time.monotonic_ns()}"
+    hold = f"i=0; while [ ! -f {gate} ] && [ $i -lt 1200 ]; do i=$((i+1)); sleep 0.1; done"
+    models = {"a": {"port": h.backend().port}, "b": {"port": h.backend().port, "wake": hold}}
+    llmux = h.llmux(models, name="llmux-waiting")
+    url = f"http://127.0.0.1:{llmux.port}"
+    requests.post(url + "/v1/chat/completions", json=chat_body(), timeout=30)
+    worker = psutil.Process(llmux.worker_pid())
+    body = json.dumps({"model": "b", "messages": []}).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    socks = []
+    try:
+        for _ in range(settings.waiters):
+            sock = socket.create_connection(("127.0.0.1", llmux.port), timeout=60)
+            sock.sendall(request)
+            socks.append(sock)
+        deadline = time.monotonic() + 60
+        while _queued(url, "b") < settings.waiters:
+            assert time.monotonic() < deadline, "the requests never all queued"
+            time.sleep(0.2)
+        before = _own_cpu(worker)
+        time.sleep(settings.wait_window_secs)  # the measurement window, not a synchronisation
+        cpu = _own_cpu(worker) - before
+        gate.touch()
+        answered = sum(1 for sock in socks if _status_of(sock) == 200)
+    finally:
+        gate.touch()
+        for sock in socks:
+            sock.close()
+    per = cpu * 1000 / (settings.waiters * settings.wait_window_secs)
+    result.rows.append([settings.waiters, settings.wait_window_secs, cpu, per, answered])
+    result.checks += [
+        Check(f"all {settings.waiters} waiting requests answered", f"{answered}",
+              answered == settings.waiters),
+        Check(f"worker CPU while {settings.waiters} requests wait "
+              f"{settings.wait_window_secs:g} s ≤ 0.3 s", f"{cpu:.2f} s", cpu <= 0.3),
+    ]  # fmt: skip
+    result.notes.append(
+        "All requests are queued for `b` while its wake hook waits for a gate file; the "
+        "worker's own CPU time (user + system, hooks excluded) over the window is what "
+        "waiting costs: client probes, condition wake-ups, timers."
+    )
+    return result
+
+
+def _own_cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def _queued(url: str, model: str) -> int:
+    return requests.get(url + "/llmux/status", timeout=10).json()["models"][model]["queued"]
+
+
+def _status_of(sock: socket.socket) -> int | None:
+    """The status code of the response on ``sock`` (its first line), or None."""
+    try:
+        first = sock.makefile("rb").readline(256)
+        return int(first.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _switches_from_log(path, hook_sleeps: dict[str, float]) -> list[dict]:
