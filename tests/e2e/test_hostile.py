@@ -199,7 +199,7 @@ def test_s1_any_model_name_but_a_configured_one_is_refused(llmux, name):
 def test_s1_only_the_hook_runner_starts_processes():
     """Every subprocess call site in llmux, found by reading its source."""
     sites = []
-    for path in (ROOT / "llmux").glob("*.py"):
+    for path in (ROOT / "llmux").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -219,9 +219,10 @@ def test_s1_only_the_hook_runner_starts_processes():
                 ):
                     owner = getattr(fn.value, "id", "") if isinstance(fn, ast.Attribute) else ""
                     if owner in ("subprocess", "os"):
-                        sites.append((path.name, name, node))
+                        where = path.relative_to(ROOT / "llmux").as_posix()
+                        sites.append((where, name, node))
     names = sorted((f, n) for f, n, _ in sites)
-    assert names == [("cli.py", "execv"), ("hooks.py", "Popen")], names
+    assert names == [("engine/hooks.py", "Popen"), ("ops/cli.py", "execv")], names
     popen = next(node for f, n, node in sites if n == "Popen")
     argv = popen.args[0]
     assert isinstance(argv, ast.List) and [ast.literal_eval(e) for e in argv.elts[:2]] == [
