@@ -71,6 +71,9 @@ STATES = (ASLEEP, WAKING, AWAKE, DRAINING, SLEEPING, FAILED)
 # (gevent raises LoopExit on a wait that nothing could ever end).
 CLIENT_POLL_SECS = 0.1
 MAX_WAIT_SECS = 1.0
+# A queued request without a probe to poll is woken by notifications (admitted,
+# failed, cancelled); this only bounds a wait that nothing would end.
+QUEUE_WAIT_SECS = 5.0
 ALIVE_FIRST_INTERVAL, ALIVE_MAX_INTERVAL = 0.05, 1.0
 
 
@@ -255,7 +258,7 @@ class Switcher:
             if cancelled is not None and cancelled():
                 self._leave_queue(m, waiter, "client_gone")
                 raise ClientGone("client disconnected while queued")
-            pause = CLIENT_POLL_SECS if cancelled is not None else MAX_WAIT_SECS
+            pause = CLIENT_POLL_SECS if cancelled is not None else QUEUE_WAIT_SECS
             if deadline is not None:
                 pause = min(pause, deadline - now)
             if self._wake_at is not None:
@@ -270,6 +273,23 @@ class Switcher:
             self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
             self.observer.queue_depth_changed(m.name, len(m.waiters))
             self._cond.notify_all()  # a drain for this waiter may serve nobody now
+
+    def cancel(self, waiter: Waiter) -> bool:
+        """Take a queued request out of its queue: its client left.
+
+        Callable from any thread; the ``acquire`` waiting for it raises
+        :class:`~llmux.errors.ClientGone`. False if it was no longer queued
+        (admitted, failed, gone already): nothing changes then.
+        """
+        with self._cond:
+            m = self._models.get(waiter.model)
+            if m is None or waiter.granted or waiter.error is not None:
+                return False
+            if not _holds(m.waiters, waiter):
+                return False
+            waiter.error = ClientGone("client disconnected while queued")
+            waiter.context.run(self._leave_queue, m, waiter, "client_gone")
+            return True
 
     def _abandon(self, m: _Model, waiter: Waiter) -> None:
         """The waiting request is gone (cancelled greenlet, error): undo what it holds."""

@@ -228,14 +228,13 @@ class Gateway:
         wait is answered at once, with its progress (:mod:`llmux.web.loading`).
         """
         model = exchange.model
-        cancelled = inbound.client_gone_probe(environ)
-        exchange.arrived(self.switcher.state(model))
+        exchange.arrived(self.switcher.state(model), environ, self.switcher.cancel)
 
         def send() -> Reply:
             return self._send(exchange, environ, headers, body, config)
 
         if stream and config.loading_progress(model) and exchange.path in loading.STREAMING_PATHS:
-            admission = loading.Admission(self.switcher, model, cancelled)
+            admission = loading.Admission(self.switcher, model)
             exchange.admission = admission
             if not admission.settle():
                 exchange.early = True
@@ -244,7 +243,7 @@ class Gateway:
                 return Response(relay, status=200, headers=list(loading.HEADERS))
             ticket = admission.take()
         else:
-            ticket = self.switcher.acquire(model, cancelled=cancelled)
+            ticket = self.switcher.acquire(model, queued=exchange.queued)
         exchange.admitted(ticket, environ)
         reply = exchange.reply = send()
         response = Response(exchange.relay(), status=reply.status, direct_passthrough=True)

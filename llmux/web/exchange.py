@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from ..errors import ClientGone
 from . import inbound
 from .upstream import Cancel, Reply, UpstreamAborted
 
@@ -73,12 +74,40 @@ class Exchange:
         self.aborted: str | None = None  # why abort() cut it
         self.body: Relay | None = None
         self._watch: inbound.ClientWatch | None = None
+        self.waiter = None  # the switcher's Waiter while queued
+        self._leave_queue = None  # Switcher.cancel
         self.closed = False
 
-    def arrived(self, state: str) -> None:
-        """It asks for its model now, which is in ``state`` (``X-Llmux-Model-State``)."""
+    def arrived(self, state: str, environ: dict, leave_queue) -> None:
+        """It asks for its model now, which is in ``state`` (``X-Llmux-Model-State``).
+
+        The client is watched from now on: if it leaves while queued, the
+        request leaves the queue (``leave_queue(waiter)``, i.e.
+        ``Switcher.cancel``); once admitted, the upstream connection is cut.
+        """
         self.arrived_state = state
         self.queued_at = self.clock()
+        self._leave_queue = leave_queue
+        self._watch = inbound.watch_client(environ, on_gone=self._client_gone)
+
+    def queued(self, waiter) -> None:
+        """``acquire``'s ``queued`` callback (the switcher's lock held): its place in the queue.
+
+        Raises :class:`~llmux.errors.ClientGone` if the client already left,
+        which makes ``acquire`` take it out of the queue again.
+        """
+        if self._watch is not None and self._watch.fired:
+            raise ClientGone("client disconnected while queued")
+        self.waiter = waiter
+
+    def _client_gone(self) -> None:
+        """The client watch saw the client leave (the watch's greenlet)."""
+        if self.ticket is not None:
+            self.abort("client_closed")
+        elif self.admission is not None:
+            self.admission.abandon()
+        elif self.waiter is not None and self._leave_queue is not None:
+            self._leave_queue(self.waiter)
 
     def queue_wait(self) -> float | None:
         """Seconds it waited for its model (``X-Llmux-Queue-Wait-Ms``): until admitted,
@@ -90,10 +119,13 @@ class Exchange:
         return self.clock() - self.queued_at
 
     def admitted(self, ticket, environ: dict) -> None:
-        """Hold ``ticket`` and watch the client from now until the last byte."""
+        """Hold ``ticket``; the client stays watched until the last byte."""
         self.ticket = ticket
         self.waited = ticket.waited
-        self._watch = inbound.watch_client(environ, on_gone=lambda: self.abort("client_closed"))
+        if self._watch is None:
+            self._watch = inbound.watch_client(environ, on_gone=self._client_gone)
+        elif self._watch.fired:  # it left just as it was admitted
+            self.abort("client_closed")
 
     def abort(self, reason: str) -> None:
         """Cut the upstream connection now (the client left); callable from any greenlet.

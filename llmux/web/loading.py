@@ -35,7 +35,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from ..errors import LlmuxError
+from ..errors import ClientGone, LlmuxError
 from .upstream import Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.loading")
@@ -73,11 +73,10 @@ class Admission:
     nobody (it is released here).
     """
 
-    def __init__(self, switcher, model: str, cancelled: Callable[[], bool] | None = None):
+    def __init__(self, switcher, model: str):
         self.switcher = switcher
         self.model = model
         self.waiter = None  # the switcher's Waiter once queued
-        self._probe = cancelled
         self._lock = threading.Lock()
         self._changed = threading.Event()  # queued, or done
         self._done = threading.Event()
@@ -90,9 +89,7 @@ class Admission:
 
     def _run(self) -> None:
         try:
-            ticket = self.switcher.acquire(
-                self.model, cancelled=self._cancelled, queued=self._queued
-            )
+            ticket = self.switcher.acquire(self.model, queued=self._queued)
         except LlmuxError as exc:
             self._error = exc
         except Exception:
@@ -107,11 +104,12 @@ class Admission:
         self._done.set()
         self._changed.set()
 
-    def _cancelled(self) -> bool:
-        return self._abandoned or (self._probe is not None and self._probe())
-
-    def _queued(self, waiter) -> None:  # called with the switcher's lock held
-        self.waiter = waiter
+    def _queued(self, waiter) -> None:
+        """``acquire``'s callback (the switcher's lock held); abandoned already: leave."""
+        with self._lock:
+            if self._abandoned:
+                raise ClientGone("client disconnected while queued")
+            self.waiter = waiter
         self._changed.set()
 
     def settle(self, timeout: float = SETTLE_SECS) -> bool:
@@ -134,12 +132,18 @@ class Admission:
         return ticket
 
     def abandon(self) -> None:
-        """Nobody will take the ticket: leave the queue (within 0.1 s), or release it."""
+        """Nobody will take the ticket: leave the queue at once, or release it.
+
+        Callable from any greenlet, any number of times.
+        """
         with self._lock:
             self._abandoned = True
             ticket, self._ticket = self._ticket, None
+            waiter = self.waiter
         if ticket is not None:
             ticket.release()
+        elif waiter is not None:
+            self.switcher.cancel(waiter)  # a no-op once admitted or failed
 
     def progress(self) -> dict:
         """The switcher's :meth:`~llmux.engine.switcher.Switcher.progress` for this request."""
