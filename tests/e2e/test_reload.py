@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import requests
@@ -151,7 +150,7 @@ def test_a_reload_while_switching_is_safe(llmux_factory):
     box = {}
     t = threading.Thread(target=lambda: box.update(r=server.chat("b")))
     t.start()
-    time.sleep(0.2)  # b is waking
+    wait_for(lambda: states(server)["b"] == "waking")
     server.rewrite_config(lambda c: c["models"]["b"].update(idle_sleep_secs=30))
     assert reload(server).status_code == 200
     t.join(10)

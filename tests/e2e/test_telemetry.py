@@ -43,8 +43,7 @@ def test_scenario_metrics_and_events(llmux_factory):
     server.fault("wake", "a", "echo 'no GPU memory' >&2; exit 3")
     assert server.chat("a").status_code == 503
     # 4. recovery without a restart (after failure_backoff_secs)
-    server.fault("wake", "a", None)
-    time.sleep(0.3)
+    server.fault("wake", "a", None)  # the next request waits out failure_backoff_secs
     r = server.post(
         body={"model": "a", "messages": [], "max_tokens": 2}, headers={"X-Request-Id": rid}
     )
