@@ -79,6 +79,8 @@ POLICIES = {FifoPolicy.name: FifoPolicy}
 
 
 def make_policy(name: str) -> FifoPolicy:
+    """The policy ``policy.policy_type`` names; KeyError for an unknown one (the
+    config's validator allows only names in :data:`POLICIES`)."""
     return POLICIES[name]()
 
 

@@ -939,12 +939,14 @@ class Switcher:
         idle_sleep: Mapping[str, float | None],
         settings: SwitchSettings | None = None,
         *,
+        policy=None,
         check: Callable[[dict[str, str]], None] | None = None,
         apply: Callable[[], None] | None = None,
     ) -> list[str]:
         """Take a new model set (name -> idle time); return the removed models still awake.
 
-        Added models start asleep. A removed model's queued requests get 404;
+        ``policy``, when given, decides from now on. Added models start asleep.
+        A removed model's queued requests get 404;
         an asleep one is forgotten at once, an awake one once it is put to sleep
         (by :meth:`sleep` with ``reason="reload"``, or by the next switch).
 
@@ -960,6 +962,8 @@ class Switcher:
                 apply()
             if settings is not None:
                 self.settings = settings
+            if policy is not None:
+                self.policy = policy
             for name, secs in idle_sleep.items():
                 m = self._models.get(name)
                 if m is None:

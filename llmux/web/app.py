@@ -32,6 +32,7 @@ from ..config import Config, load_config
 from ..engine.events import Observers
 from ..engine.hooks import HookRunner
 from ..engine.ownership import Ownership, StateRecorder, reconcile
+from ..engine.policy import make_policy
 from ..engine.switcher import Switcher, SwitchSettings
 from ..errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
 from ..netaddr import is_loopback
@@ -74,6 +75,7 @@ class Gateway:
             list(config.models),
             self.hooks,
             SwitchSettings.from_policy(config.policy),
+            policy=make_policy(config.policy.policy_type),
             observer=Observers(LogObserver(), self.metrics, recorder, self.history),
             idle_sleep={name: config.idle_sleep_secs(name) for name in config.models},
         )

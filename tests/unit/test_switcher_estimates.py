@@ -102,7 +102,7 @@ def test_queue_full_says_when_to_come_back():
     wait_for(lambda: models(sw)["b"]["queued"] == 1)
     with pytest.raises(QueueFull) as full:
         sw.acquire("b", timeout=1)
-    assert full.value.retry_after == 8  # ceil(7.2 less what has passed)
+    assert full.value.retry_after in (7, 8)  # ceil(7.2 less what has passed)
     hooks.gate.set()
     join(first)
     first["value"].release()
