@@ -241,14 +241,24 @@ class Relay:
         if self._chunks is not None:
             self._chunks.close()
         exchange = self.exchange
-        if exchange.aborted is not None:  # the watch cut it: an upstream "end" is ours
-            outcome = exchange.aborted
-        elif error is None and (self._finished or self._chunks is None):
-            outcome = "completed"  # never iterated: a body-less answer (HEAD, 204, 304)
-        elif isinstance(error, TimeoutError):
-            outcome = "client_stalled"
-        elif self._failed:
-            outcome = "upstream_aborted"
-        else:
-            outcome = "client_closed"
+        # never iterated: a body-less answer (HEAD, 204, 304)
+        finished = self._finished or self._chunks is None
+        outcome = body_outcome(exchange, error, finished=finished, failed=self._failed)
         exchange.close(exchange.reply.status if exchange.reply else 500, outcome)
+
+
+def body_outcome(exchange: Exchange, error: BaseException | None, *, finished, failed) -> str:
+    """How a relayed body ended, for :meth:`Exchange.close`, from its WSGI ``close()``.
+
+    ``error`` is the exception being handled when gunicorn closed the body
+    (``sys.exc_info()``): a socket timeout there is a stalled client.
+    """
+    if exchange.aborted is not None:  # the watch cut it: an upstream "end" is ours
+        return exchange.aborted
+    if error is None and finished:
+        return "completed"
+    if isinstance(error, TimeoutError):
+        return "client_stalled"
+    if failed:
+        return "upstream_aborted"
+    return "client_closed"

@@ -178,11 +178,25 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
 
     def gone() -> bool:
         try:
-            return bool(readable([sock], 0)) and sock.recv(1, socket.MSG_PEEK) == b""
+            return bool(readable([sock], 0)) and closed_by_peer(sock)
         except (OSError, ValueError):
             return True
 
     return gone
+
+
+def closed_by_peer(sock) -> bool:
+    """For a readable client socket: True if the client closed it (no byte to read).
+
+    An HTTP/1.1 client sends nothing while it waits for its answer; a pipelined
+    next request is data, not a close, and is left in the socket.
+    """
+    try:
+        return sock.fileno() < 0 or sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:  # spurious readiness: nothing there after all
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 class ClientWatch:
@@ -208,12 +222,7 @@ class ClientWatch:
 
     def gone(self) -> bool:
         """True if the client closed the connection (readable, yet no byte)."""
-        try:
-            return self.sock.fileno() < 0 or self.sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:  # spurious readiness: nothing there after all
-            return False
-        except (OSError, ValueError):
-            return True
+        return closed_by_peer(self.sock)
 
     def fire(self) -> None:
         self.fired = True

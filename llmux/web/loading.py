@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from ..errors import ClientGone, LlmuxError
+from .exchange import body_outcome
 from .upstream import Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.loading")
@@ -227,16 +228,7 @@ class LoadingRelay:
             outcome = "client_closed" if self._error.status == 499 else "error"
             exchange.close(self._error.status, outcome, self._error.code)
             return
-        if exchange.aborted is not None:
-            outcome = exchange.aborted
-        elif error is None and self._finished:
-            outcome = "completed"
-        elif isinstance(error, TimeoutError):
-            outcome = "client_stalled"
-        elif self._failed:
-            outcome = "upstream_aborted"
-        else:
-            outcome = "client_closed"
+        outcome = body_outcome(exchange, error, finished=self._finished, failed=self._failed)
         exchange.close(status if self._streaming else 499, outcome)
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import openai
 import pytest
 import requests
 
-from tests.helpers import wait_for
+from tests.helpers import install_node_client, run_node_client, wait_for
 
 from .test_errors import assert_error
 
@@ -291,31 +288,13 @@ def test_retry_after_is_the_estimated_wait(llmux_factory):
 @pytest.fixture(scope="module")
 def node_openai(tmp_path_factory):
     """A directory with the official openai package for Node installed."""
-    npm = shutil.which("npm")
-    assert npm and shutil.which("node"), "node and npm are needed for this test"
     directory = tmp_path_factory.mktemp("node")
-    subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "openai@6"],
-        cwd=directory,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    shutil.copy(Path(__file__).with_name("loading_client.mjs"), directory / "client.mjs")
+    install_node_client(directory, Path(__file__).with_name("loading_client.mjs"))
     return directory
 
 
 def node_stream(directory, llmux, model) -> dict:
-    out = subprocess.run(
-        ["node", "client.mjs"],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, BASE_URL=llmux.url + "/v1", MODEL=model),
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_node_client(directory, 60, BASE_URL=llmux.url + "/v1", MODEL=model)
 
 
 def test_the_node_openai_client_reads_a_waiting_stream_and_its_error(gated, node_openai):

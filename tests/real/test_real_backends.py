@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import free_port, process_alive
+from tests.helpers import install_node_client, run_node_client
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,25 +139,7 @@ def test_alternating_between_two_real_servers(real_llmux):
 
 def test_the_node_openai_client_works_unchanged(real_llmux, tmp_path):
     url, _ = real_llmux
-    npm = shutil.which("npm")
-    assert npm, "node and npm are needed for this test"
-    subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "openai@6"],
-        cwd=tmp_path,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    shutil.copy(Path(__file__).with_name("client.mjs"), tmp_path / "client.mjs")
-    out = subprocess.run(
-        ["node", "client.mjs"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, BASE_URL=url + "/v1"),
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    install_node_client(tmp_path, Path(__file__).with_name("client.mjs"))
+    result = run_node_client(tmp_path, 300, BASE_URL=url + "/v1")
     assert result["plain"].strip() and result["streamed"].strip()
     assert "Paris" in result["plain"] + result["streamed"]
