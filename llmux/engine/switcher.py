@@ -1,21 +1,22 @@
-"""The switcher: which model is awake, who may use it, and moving between models.
+"""The switcher: which model is awake, who may use it, and when to move.
 
 Usage::
 
-    switcher = Switcher(["llama", "qwen"], HookRunner(config), config.policy)
-    ticket = switcher.acquire("qwen", timeout=30, cancelled=client_gone)
+    switcher = Switcher(["llama", "qwen"], HookRunner(config), SwitchSettings())
+    ticket = switcher.acquire("qwen", timeout=30)
     try:
         forward_the_request()
     finally:
         ticket.release()        # when the last byte is sent or the client left
 
-One lock and its condition variable guard all state. A request for the awake
-model is admitted at once, many in parallel. Any other request waits in its
-model's queue; the policy picks the next model, and one switch at a time runs
-in a thread of its own (a greenlet under gevent), outside the lock:
-
-    drain the old model -> sleep hook (alive check if it fails) -> wake hook
-    -> alive polling -> admit every waiter of the new model at once
+One lock guards all state; conditions built on it let each kind of wait be
+woken alone: every queued request has its own (:class:`~llmux.engine.waiters.Waiter`),
+a drain has ``_drained``, callers waiting for the switching slot ``_slot_free``,
+and the one deadline timer ``_timer``. A request for the awake model is
+admitted at once, many in parallel. Any other request waits in its model's
+queue; the policy picks the next model (:meth:`_kick`), and the slow work runs
+in the *switching slot*, one procedure at a time (:mod:`~llmux.engine.procedures`),
+started by :meth:`_take_slot` and no other way.
 
 Admitting all waiters and counting them in flight in the same critical section
 that marks the model awake is what keeps a later switch from draining a model
@@ -23,58 +24,63 @@ before its queued requests even started (the Rust llmux's endless switch loop).
 A waiter that times out or whose client leaves only takes itself out of the
 queue; it never starts or cancels a switch.
 
-A model can also be put to sleep with no switch behind it (:meth:`sleep`): by
-an operator, after ``idle_sleep_secs`` without requests, or because a reload
-removed it. That takes the same ``switching`` slot, so it never overlaps a switch.
+The timer (:meth:`tick`) acts on deadlines: the end of a failure backoff or of
+``min_active_secs`` (the policy's ``WaitUntil``) and a model's idle time.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextvars
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import (
     ClientGone,
     LlmuxError,
     ModelNotFound,
-    ModelUnavailable,
     QueueFull,
     QueueTimeout,
     ShuttingDown,
     SwitchTimeout,
 )
+from . import estimates
+from .effects import AwaitDrain, Call, Effect, Pause, Procedure, RunHook, Runner, ThreadRunner
 from .events import Observer
 from .hooks import HookResult
 from .policy import FifoPolicy, Snapshot, SwitchCosts, SwitchTo, WaitUntil
+from .procedures import Procedures
+from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
+from .waiters import Ticket, Waiter, ahead_of, holds, positions
+
+__all__ = [
+    "ASLEEP",
+    "AWAKE",
+    "DRAINING",
+    "FAILED",
+    "SLEEPING",
+    "WAKING",
+    "STATES",
+    "Switcher",
+    "SwitchSettings",
+    "Ticket",
+    "Waiter",
+]
 
 log = logging.getLogger("llmux.switcher")
 
-ASLEEP, WAKING, AWAKE, DRAINING, SLEEPING, FAILED = (
-    "asleep",
-    "waking",
-    "awake",
-    "draining",
-    "sleeping",
-    "failed",
-)
-STATES = (ASLEEP, WAKING, AWAKE, DRAINING, SLEEPING, FAILED)
+STATES = tuple(ModelState)
 
-# How often a waiter wakes to re-check its client, and the longest single wait
-# (gevent raises LoopExit on a wait that nothing could ever end).
+# How often a waiter with a ``cancelled`` probe polls it.
 CLIENT_POLL_SECS = 0.1
-MAX_WAIT_SECS = 1.0
-# A queued request without a probe to poll is woken by notifications (admitted,
-# failed, cancelled); this only bounds a wait that nothing would end.
+# The longest single wait of anything woken by notifications: it only bounds a
+# wait nothing would end (gevent raises LoopExit on one that nothing could).
 QUEUE_WAIT_SECS = 5.0
-ALIVE_FIRST_INTERVAL, ALIVE_MAX_INTERVAL = 0.05, 1.0
+MAX_WAIT_SECS = 1.0
+TIMER_MAX_WAIT_SECS = 60.0
 
 
 class Hooks(Protocol):
@@ -84,10 +90,14 @@ class Hooks(Protocol):
 
     # optional: the fraction a running wake hook said it reached (LLMUX_PROGRESS)
     # def progress(self, model: str) -> float | None: ...
+    # optional: drop what is kept about a model a reload removed
+    # def forget(self, model: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class SwitchSettings:
+    """The ``policy`` settings the switcher obeys (seconds; None: no limit)."""
+
     request_timeout_secs: float | None = None
     drain_before_switch: bool = True
     drain_timeout_secs: float | None = None
@@ -102,57 +112,24 @@ class SwitchSettings:
 
 
 @dataclass(eq=False)
-class Waiter:
-    """A queued request: its model and when it arrived (monotonic seconds).
-
-    ``context`` is the requester's :mod:`contextvars` context: what is
-    reported about the waiter from another thread (a failed switch, a
-    shutdown, a reload) is reported in it, so its log lines carry its request id.
-    """
-
-    model: str
-    since: float
-    granted: bool = False
-    error: LlmuxError | None = None
-    context: contextvars.Context = field(default_factory=contextvars.copy_context)
-
-
-@dataclass(eq=False)
 class _Model:
     name: str
-    state: str = ASLEEP
+    state: ModelState = ASLEEP
     in_flight: int = 0
-    waiters: list[Waiter] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)  # in arrival order
     awake_since: float | None = None
     last_used: float = 0.0  # when the last request ended, or it woke
     idle_sleep_secs: float | None = None
     removed: bool = False  # by a reload; forgotten once asleep
 
 
-class Ticket:
-    """The right to use one model until :meth:`release` (idempotent)."""
+class Switcher(Procedures):
+    """Models' states, queues and in-flight counts, and the switching slot.
 
-    __slots__ = ("model", "waited", "_switcher", "_released")
+    ``clock`` gives monotonic seconds; ``runner`` runs procedures and the timer
+    (default: threads, or greenlets under gevent; the engine harness passes its own).
+    """
 
-    def __init__(self, switcher: Switcher, model: str, waited: float):
-        self.model = model
-        self.waited = waited
-        self._switcher = switcher
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._switcher._release(self.model)
-
-    def __enter__(self) -> Ticket:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-class Switcher:
     def __init__(
         self,
         models: Iterable[str],
@@ -164,6 +141,7 @@ class Switcher:
         costs: SwitchCosts | None = None,
         clock: Callable[[], float] = time.monotonic,
         idle_sleep: Mapping[str, float | None] | None = None,
+        runner: Runner | None = None,
     ):
         self.hooks = hooks
         self.settings = settings or SwitchSettings()
@@ -171,22 +149,24 @@ class Switcher:
         self.observer = observer or Observer()
         self.costs = costs or SwitchCosts()
         self.clock = clock
+        self.runner = runner or ThreadRunner(self._perform)
         # Built here, after gevent patched threading, so the lock is cooperative.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._slot_free = threading.Condition(self._lock)
+        self._timer = threading.Condition(self._lock)
         idle_sleep = idle_sleep or {}
         self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
         self._active: str | None = None
         self._switching = False
+        self._slot_epoch = 0
+        self._running: estimates.RunningSwitch | None = None
         self._closed = False
         self._backoff_until = 0.0
-        self._wake_at: float | None = None
-        self._target: str | None = None  # where the running switch is going
-        self._source: str | None = None  # and where it started from
-        self._switch_started: float | None = None
-        self._wake_started: float | None = None
-        self._idle_watch: threading.Thread | None = None
+        self._wake_at: float | None = None  # the policy's WaitUntil
+        self._timer_due: float | None = None
+        self._timer_started = False
         self.last_switch: dict | None = None
-        self._watch_idle_if_needed()
 
     # --- requests ---
 
@@ -200,55 +180,90 @@ class Switcher:
     ) -> Ticket:
         """Wait until ``model`` is awake and count this request in flight on it.
 
-        ``timeout`` defaults to ``request_timeout_secs`` (None waits for ever);
-        ``cancelled`` is polled while waiting and makes the request leave the queue;
-        ``queued`` is called (lock held; it must not block) when the request has
-        to wait, with its place in the queue for :meth:`progress`.
+        ``timeout`` (seconds) defaults to ``request_timeout_secs`` (None waits for
+        ever); ``cancelled`` is polled every :data:`CLIENT_POLL_SECS` while waiting
+        and makes the request leave the queue; ``queued`` is called (lock held; it
+        must not block, it may raise to leave) when the request has to wait, with
+        its place in the queue for :meth:`progress` and :meth:`cancel`.
         Raises ShuttingDown, ModelNotFound, QueueFull (with ``retry_after``),
         QueueTimeout, ClientGone, or the error that failed the switch.
         """
         if timeout is None:
             timeout = self.settings.request_timeout_secs
-        with self._cond:
-            if self._closed:
-                raise ShuttingDown("llmux is shutting down")
-            m = self._models.get(model)
-            if m is None or m.removed:
-                raise ModelNotFound(model)
-            if m.state == AWAKE and not m.waiters:
-                self._add_in_flight(m, 1)
-                self.observer.request_admitted(model, 0.0, False)
-                return Ticket(self, model, 0.0)
-            limit = self.settings.max_queue_depth
-            if limit is not None and len(m.waiters) >= limit:
-                raise QueueFull(
-                    f"the queue for model '{model}' is full ({limit} waiting)",
-                    retry_after=self._retry_after(model),
-                )
-            now = self.clock()
-            waiter = Waiter(model, now)
-            m.waiters.append(waiter)
-            self._cond.notify_all()  # a drain re-asks: this waiter may make it unneeded
-            self.observer.request_queued(model)
-            self.observer.queue_depth_changed(model, len(m.waiters))
-            deadline = None if timeout is None else now + timeout
+        with self._lock:
+            entered = self._enter(model, queued)
+            if isinstance(entered, Ticket):
+                return entered
+            m = self._models[model]
+            deadline = None if timeout is None else entered.since + timeout
             try:
-                if queued is not None:
-                    queued(waiter)
-                return self._wait(m, waiter, deadline, timeout, cancelled)
+                return self._await(m, entered, deadline, timeout, cancelled)
             except BaseException:
-                self._abandon(m, waiter)
+                self._abandon(m, entered)
                 raise
 
-    def _wait(self, m, waiter, deadline, timeout, cancelled) -> Ticket:
-        self._kick()
+    def enter(self, model: str, *, queued: Callable[[Waiter], None] | None = None):
+        """Admit a request at once (a :class:`Ticket`) or queue it (its :class:`Waiter`),
+        without waiting. :meth:`claim` then says whether the waiter got in.
+
+        For callers that wait their own way (the engine harness); raises what
+        :meth:`acquire` raises before it waits.
+        """
+        with self._lock:
+            return self._enter(model, queued)
+
+    def claim(self, waiter: Waiter) -> Ticket | None:
+        """The ticket of an admitted ``waiter`` (once), None while it waits; raises the
+        error that failed it (its switch failed, llmux shut down, its client left)."""
+        with self._lock:
+            return self._claim(waiter, self.clock())
+
+    def _enter(self, model: str, queued) -> Ticket | Waiter:
+        if self._closed:
+            raise ShuttingDown("llmux is shutting down")
+        m = self._models.get(model)
+        if m is None or m.removed:
+            raise ModelNotFound(model)
+        if m.state == AWAKE and not m.waiters:
+            self._add_in_flight(m, 1)
+            self.observer.request_admitted(model, 0.0, False)
+            return Ticket(self._release, model, 0.0)
+        limit = self.settings.max_queue_depth
+        if limit is not None and len(m.waiters) >= limit:
+            raise QueueFull(
+                f"the queue for model '{model}' is full ({limit} waiting)",
+                retry_after=self._retry_after(model),
+            )
+        waiter = Waiter(model, self.clock(), wakeup=threading.Condition(self._lock))
+        m.waiters.append(waiter)
+        self._drained.notify_all()  # a drain re-asks: this waiter may make it unneeded
+        self.observer.request_queued(model)
+        self.observer.queue_depth_changed(model, len(m.waiters))
+        try:
+            if queued is not None:
+                queued(waiter)
+            self._kick()
+        except BaseException:
+            self._leave_queue(m, waiter, "cancelled")
+            raise
+        return waiter
+
+    def _claim(self, waiter: Waiter, now: float) -> Ticket | None:
+        if waiter.error is not None:
+            raise waiter.error
+        if not waiter.granted or waiter.claimed:
+            return None
+        waiter.claimed = True
+        self.observer.request_admitted(waiter.model, now - waiter.since, True)
+        return Ticket(self._release, waiter.model, now - waiter.since)
+
+    def _await(self, m, waiter, deadline, timeout, cancelled) -> Ticket:
+        """Sleep on the waiter's own condition until it is settled or gives up (lock held)."""
         while True:
             now = self.clock()
-            if waiter.granted:
-                self.observer.request_admitted(m.name, now - waiter.since, True)
-                return Ticket(self, m.name, now - waiter.since)
-            if waiter.error is not None:
-                raise waiter.error
+            ticket = self._claim(waiter, now)
+            if ticket is not None:
+                return ticket
             if deadline is not None and now >= deadline:
                 self._leave_queue(m, waiter, "timeout")
                 self.observer.request_timeout(m.name, timeout)
@@ -261,18 +276,7 @@ class Switcher:
             pause = CLIENT_POLL_SECS if cancelled is not None else QUEUE_WAIT_SECS
             if deadline is not None:
                 pause = min(pause, deadline - now)
-            if self._wake_at is not None:
-                pause = min(pause, self._wake_at - now)
-            self._cond.wait(max(pause, 0.001))
-            if self._wake_at is not None and self.clock() >= self._wake_at:
-                self._kick()  # a backoff or residency wait is over
-
-    def _leave_queue(self, m: _Model, waiter: Waiter, reason: str) -> None:
-        if waiter in m.waiters:
-            m.waiters.remove(waiter)
-            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
-            self.observer.queue_depth_changed(m.name, len(m.waiters))
-            self._cond.notify_all()  # a drain for this waiter may serve nobody now
+            waiter.wakeup.wait(max(pause, 0.001))
 
     def cancel(self, waiter: Waiter) -> bool:
         """Take a queued request out of its queue: its client left.
@@ -281,15 +285,23 @@ class Switcher:
         :class:`~llmux.errors.ClientGone`. False if it was no longer queued
         (admitted, failed, gone already): nothing changes then.
         """
-        with self._cond:
+        with self._lock:
             m = self._models.get(waiter.model)
             if m is None or waiter.granted or waiter.error is not None:
                 return False
-            if not _holds(m.waiters, waiter):
+            if not holds(m.waiters, waiter):
                 return False
-            waiter.error = ClientGone("client disconnected while queued")
+            waiter.settle(error=ClientGone("client disconnected while queued"))
             waiter.context.run(self._leave_queue, m, waiter, "client_gone")
             return True
+
+    def _leave_queue(self, m: _Model, waiter: Waiter, reason: str) -> None:
+        if waiter in m.waiters:
+            m.waiters.remove(waiter)
+            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
+            self.observer.queue_depth_changed(m.name, len(m.waiters))
+            self._drained.notify_all()  # a drain for this waiter may serve nobody now
+            self._reschedule()
 
     def _abandon(self, m: _Model, waiter: Waiter) -> None:
         """The waiting request is gone (cancelled greenlet, error): undo what it holds."""
@@ -300,7 +312,7 @@ class Switcher:
             self._leave_queue(m, waiter, "cancelled")
 
     def _release(self, model: str) -> None:
-        with self._cond:
+        with self._lock:
             self._add_in_flight(self._models[model], -1)
 
     def _add_in_flight(self, m: _Model, delta: int) -> None:
@@ -308,67 +320,29 @@ class Switcher:
         self.observer.in_flight_changed(m.name, m.in_flight)
         if m.in_flight == 0:
             m.last_used = self.clock()
-            self._cond.notify_all()  # a drain may be waiting for exactly this
+            self._drained.notify_all()  # a drain may be waiting for exactly this
             self._kick()
 
-    # --- estimates (lock held) ---
+    def _admit_all(self, m: _Model) -> None:
+        """Admit every waiter of ``m`` if it is awake, in one step (lock held)."""
+        if m.state != AWAKE or not m.waiters:
+            return
+        waiters, m.waiters = m.waiters, []
+        for waiter in waiters:
+            waiter.settle()
+        self.observer.queue_depth_changed(m.name, 0)
+        self._add_in_flight(m, len(waiters))
 
-    def _eta(self, model: str, now: float) -> float | None:
-        """Seconds until ``model`` could serve a request that arrives now; None: unknown.
-
-        0 when it is awake; the rest of its switch when one is bringing it;
-        otherwise the rest of the running switch (or of a failure backoff) plus a
-        switch from where that leaves to ``model``. Switch durations are the
-        measured averages (:class:`~llmux.engine.policy.SwitchCosts`); queues of other
-        models that FIFO may serve first are not counted.
-        """
-        m = self._models.get(model)
-        if m is None:
-            return None
-        if m.state == AWAKE and self._active == model:
-            return 0.0
-        if self._target == model:
-            return self._switch_left(now)
-        start, wait = self._active, max(0.0, self._backoff_until - now)
-        if self._target is not None:
-            left = self._switch_left(now)
-            if left is None:
-                return None
-            start, wait = self._target, max(wait, left)
-        cost = self._cost(start, model)
-        return None if cost is None else wait + cost
-
-    def _switch_left(self, now: float) -> float | None:
-        """Seconds the running switch still needs: from the wake hook's own progress
-        (``LLMUX_PROGRESS``) once it printed some, else from the switch's average."""
-        target = self._target
-        if self._wake_started is not None:
-            progress = getattr(self.hooks, "progress", None)
-            fraction = progress(target) if progress is not None else None
-            if fraction is not None and fraction > 0:
-                spent = now - self._wake_started
-                return spent * (1 - fraction) / fraction
-        cost = self._cost(self._source, target)
-        return None if cost is None else max(0.0, cost - (now - self._switch_started))
-
-    def _cost(self, start: str | None, to: str) -> float | None:
-        """The average switch from ``start`` to ``to``, else the mean of the switches
-        measured into ``to``, else of all switches; None before any was measured."""
-        cost = self.costs.get(start, to)
-        if cost is not None:
-            return cost
-        known = self.costs.snapshot()
-        into = [secs for (_, b), secs in known.items() if b == to] or list(known.values())
-        return sum(into) / len(into) if into else None
-
-    def _retry_after(self, model: str) -> int:
-        """Whole seconds for a ``Retry-After``: the estimate, at least 1."""
-        return _whole_secs(self._eta(model, self.clock()))
-
-    def _retry_after_switch(self) -> int:
-        """``Retry-After`` for what waits on the running switch itself."""
-        left = self._switch_left(self.clock()) if self._target is not None else None
-        return _whole_secs(left)
+    def _fail_waiters(self, m: _Model, error: LlmuxError, reason: str) -> None:
+        waiters, m.waiters = m.waiters, []
+        for waiter in waiters:
+            waiter.settle(error=error)
+            waited = self.clock() - waiter.since
+            waiter.context.run(self.observer.request_left_queue, m.name, reason, waited)
+        if waiters:
+            self.observer.queue_depth_changed(m.name, 0)
+            self._drained.notify_all()
+            self._reschedule()
 
     # --- deciding ---
 
@@ -396,272 +370,183 @@ class Switcher:
         decision = self.policy.decide(self._snapshot(self.clock()))
         self._wake_at = decision.when if isinstance(decision, WaitUntil) else None
         if isinstance(decision, SwitchTo):
-            self._switching = True
             self._begin_switch(decision.model)
-            threading.Thread(
-                target=self._run_switch, args=(decision.model,), name="llmux-switch", daemon=True
-            ).start()
+            self._take_slot("switch", self._switch(decision.model), spawn=True)
+        self._reschedule()
 
-    def _admit_all(self, m: _Model) -> None:
-        if m.state != AWAKE or not m.waiters:
-            return
-        waiters, m.waiters = m.waiters, []
-        for waiter in waiters:
-            waiter.granted = True
-        self.observer.queue_depth_changed(m.name, 0)
-        self._add_in_flight(m, len(waiters))
-        self._cond.notify_all()
+    def _set_state(self, m: _Model, state: ModelState) -> None:
+        """Move ``m`` to ``state`` (lock held); staying where it is is no transition."""
+        if m.state != state:
+            m.state = transition(m.state, state)
+            self.observer.state_changed(m.name, state)
 
-    def _fail_waiters(self, m: _Model, error: LlmuxError, reason: str) -> None:
-        waiters, m.waiters = m.waiters, []
-        for waiter in waiters:
-            waiter.error = error
-            waited = self.clock() - waiter.since
-            waiter.context.run(self.observer.request_left_queue, m.name, reason, waited)
-        if waiters:
-            self.observer.queue_depth_changed(m.name, 0)
-        self._cond.notify_all()
+    # --- the switching slot ---
 
-    def _set_state(self, m: _Model, state: str) -> None:
-        m.state = state
-        self.observer.state_changed(m.name, state)
+    def _take_slot(self, name: str, procedure: Procedure, *, spawn: bool = False) -> Procedure:
+        """Take the switching slot for ``procedure`` (lock held, slot free).
 
-    # --- switching (runs in its own thread, the lock taken only for short steps) ---
+        The one way to start exclusive work. Returns the procedure wrapped so
+        that, however it ends, the slot is freed and models are left in states
+        they can leave; with ``spawn`` it is already running in the runner, else
+        the caller runs it with ``self.runner.run`` once it let go of the lock.
+        """
+        assert not self._switching, "the switching slot is taken"
+        self._switching = True
+        self._slot_epoch += 1
+        wrapped = self._in_slot(name, self._slot_epoch, procedure)
+        if spawn:
+            self.runner.spawn(f"llmux-{name}", wrapped)
+        return wrapped
 
-    def _begin_switch(self, target: str) -> None:
-        """Take note of a switch about to start (lock held, switching slot taken)."""
-        self._target, self._source = target, self._active
-        self._switch_started, self._wake_started = self.clock(), None
-
-    def _run_switch(self, target: str, requested: bool = True) -> None:
+    def _in_slot(self, name: str, epoch: int, procedure: Procedure) -> Procedure:
         try:
-            self._switch(target, requested)
+            return (yield from procedure)
         except Exception:  # never leave the switcher wedged in "switching"
-            log.exception("switch to %s crashed", self._target, extra={"event": "switch_crashed"})
-            self._recover_from_crash()
+            log.exception("%s crashed", name, extra={"event": "switch_crashed"})
+            yield from self._recover()
+        finally:
+            with self._lock:
+                if self._switching and self._slot_epoch == epoch:
+                    self._free_slot()
 
-    def _recover_from_crash(self) -> None:
-        """Put every model a crashed switch was moving into a state it can leave.
+    def _free_slot(self) -> None:
+        """The slot's work is over: the policy picks next (lock held)."""
+        self._switching = False
+        self._running = None
+        self._slot_free.notify_all()
+        self._kick()
 
-        A model draining or being put to sleep may still be up: it is taken as
-        awake (a later switch puts it to sleep again before waking another). A
-        model being woken gets its sleep hook, best effort, and is ``failed``.
-        """
-        target = self._target
-        with self._cond:
-            waking = [n for n, m in self._models.items() if m.state == WAKING]
-        for name in waking:
-            try:
-                self._run_hook(name, "sleep")
-            except Exception:
-                log.exception("cleanup of %s failed", name, extra={"event": "switch_crashed"})
-        with self._cond:
-            for m in self._models.values():
-                if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
-                    self._set_state(m, AWAKE)
-                elif m.state in (WAKING, SLEEPING):
-                    self._set_state(m, FAILED)
-                    self._backoff_until = self.clock() + self.settings.failure_backoff_secs
-            if target in self._models:
-                error = ModelUnavailable(f"switch to model '{target}' failed unexpectedly")
-                self._fail_waiters(self._models[target], error, "failed")
-            self._finish_switch(
-                self._active, target, self.clock(), ok=False, error="internal error"
-            )
+    def _perform(self, effect: Effect) -> Any:
+        """Do what a procedure yielded (no lock held), for :class:`ThreadRunner`."""
+        if isinstance(effect, RunHook):
+            return self.hooks.run(effect.model, effect.kind)
+        if isinstance(effect, AwaitDrain):
+            with self._lock:
+                while (outcome := self._drain_outcome(effect)) is None:
+                    left = MAX_WAIT_SECS
+                    if effect.deadline is not None:
+                        left = min(left, effect.deadline - self.clock())
+                    self._drained.wait(max(left, 0.001))
+                return outcome
+        if isinstance(effect, Pause):
+            time.sleep(effect.seconds)
+            return None
+        if isinstance(effect, Call):
+            return effect.fn()
+        raise TypeError(f"unknown effect {effect!r}")
 
-    def _switch(self, target: str, requested: bool = True) -> None:
-        """Drain, sleep, wake, each irreversible step committed under the lock first.
+    # --- deadlines: one timer for backoff, residency and idle sleep ---
 
-        ``requested`` is False for a preload, which no waiter asked for.
-        """
-        with self._cond:
-            started = self._switch_started
-            source = self._active
-            self.observer.switch_started(source, target)
-            phases: dict[str, float] = {}
-            if source is not None:
-                self._set_state(self._models[source], DRAINING)
-        if source is not None:
-            t0 = self.clock()
-            deadline = self._drain_deadline(t0)
-            with self._cond:
-                self.observer.drain_started(source, target, self._models[source].in_flight)
-            while True:
-                drained = self._drain(source, requested, deadline)
-                phases["drain"] = self.clock() - t0
-                if not drained:
-                    self.observer.drain_finished(source, target, phases["drain"], False)
-                    self._abandon_switch(
-                        source,
-                        target,
-                        started,
-                        SwitchTimeout(
-                            f"model '{source}' did not finish its requests within "
-                            f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' "
-                            "abandoned",
-                        ),
-                        "drain timed out",
-                    )
-                    return
-                with self._cond:
-                    target = self._commit(source, source, target, started, requested, phases)
-                    if target is None:
-                        return
-                    if self.settings.drain_before_switch and self._models[source].in_flight:
-                        continue  # it ended early, and a switch is wanted again: drain on
-                    self._set_state(self._models[source], SLEEPING)
-                break
-            self.observer.drain_finished(source, target, phases["drain"], True)
-            t0 = self.clock()
-            if not self._put_to_sleep(source, target, started):
-                return
-            phases["sleep"] = self.clock() - t0
-        with self._cond:
-            target = self._commit(source, None, target, started, requested, phases)
-            if target is None:
-                return
-            self._set_state(self._models[target], WAKING)
-            t0 = self._wake_started = self.clock()
-        failure = self._wake(target)
-        phases["wake"] = self.clock() - t0
-        with self._cond:
-            m = self._models[target]
-            if failure is not None:
-                self._set_state(m, FAILED)
-                self._backoff_until = self.clock() + self.settings.failure_backoff_secs
-                self._target = None  # the estimate is for the next attempt
-                error = ModelUnavailable(
-                    f"model '{target}' is unavailable: {failure}",
-                    retry_after=self._retry_after(target),
-                )
-                self._fail_waiters(m, error, "failed")
-                self._finish_switch(source, target, started, ok=False, error=failure, phases=phases)
-                return
-            self._set_state(m, AWAKE)
-            m.awake_since = m.last_used = self.clock()
-            self._active = target
-            self._admit_all(m)
-            self._finish_switch(source, target, started, ok=True, phases=phases)
+    def tick(self) -> float | None:
+        """Act on every deadline that has passed; when the next one falls (monotonic
+        seconds), or None. Called by the timer thread, or by a harness with a fake clock."""
+        with self._lock:
+            return self._on_time(self.clock())
 
-    def _commit(
-        self,
-        source: str | None,
-        awake: str | None,
-        target: str,
-        started: float,
-        requested: bool,
-        phases: dict,
-    ) -> str | None:
-        """Before an irreversible step: the model to go on with, or None (lock held).
-
-        The policy is asked again, on the state as it is now: a drain can take
-        minutes, and waiters leave. If it still wants ``target``, go on; if it
-        wants another model, go on towards that one (``switch_retargeted``);
-        if it prefers ``awake`` (None: nothing is awake; for FIFO, when nobody
-        waits for another model any more), the switch is abandoned and ``awake``
-        keeps serving (``switch_abandoned``). ``source`` is the model the switch
-        began from, for the reports. SPEC §5: a request that left never causes
-        a switch.
-        """
-        reason = None
+    def _on_time(self, now: float) -> float | None:
         if self._closed:
-            reason = "llmux is shutting down"
-        elif requested:
-            wanted = self._wanted(awake)
-            if wanted is None:
-                reason = "no request waits for it any more"
-            elif wanted != target:
-                self.observer.switch_retargeted(source, target, wanted)
-                target = self._target = wanted
-                # the estimate of the rest: a switch from where we are now
-                self._source, self._switch_started = awake, self.clock()
-        if reason is None:
-            return target
-        if awake is not None:
-            m = self._models[awake]
-            self._set_state(m, AWAKE)
-            self._admit_all(m)
-        seconds = self.clock() - started
-        self._record_switch(source, target, "abandoned", reason, seconds, phases)
-        self.observer.switch_abandoned(source, target, reason, seconds)
-        self._free_slot()
-        return None
+            return None
+        if self._wake_at is not None and now >= self._wake_at:
+            self._kick()  # a backoff or residency wait is over
+        model, due = self._idle_due()
+        if model is not None and now >= due:
+            self._take_slot("idle-sleep", self._retire(model, "idle"), spawn=True)
+        return self._next_due()
 
-    def _wanted(self, awake: str | None) -> str | None:
-        """The model the policy would switch to now, or None if it prefers ``awake``.
+    def _idle_due(self) -> tuple[str | None, float | None]:
+        """The active model and when its idle time runs out, if it is idle (lock held)."""
+        m = self._models.get(self._active) if self._active else None
+        if m is None or self._switching or self._closed or not m.idle_sleep_secs:
+            return None, None
+        if m.in_flight or any(other.waiters for other in self._models.values()):
+            return None, None
+        return m.name, m.last_used + m.idle_sleep_secs
 
-        Lock held. Backoff and residency were settled when the switch began,
-        so they are left out of this second opinion.
-        """
-        snap = dataclasses.replace(
-            self._snapshot(self.clock()), backoff_until=0.0, min_active_secs=0.0
+    def _next_due(self) -> float | None:
+        dues = [self._wake_at, self._idle_due()[1]]
+        return min((d for d in dues if d is not None), default=None)
+
+    def _reschedule(self) -> None:
+        """Wake the timer if a deadline now falls before the one it sleeps for (lock held)."""
+        due = self._next_due()
+        if due is None:
+            return
+        if not self._timer_started:
+            self._timer_started = True
+            self.runner.background("llmux-timer", self._timer_loop)
+        elif self._timer_due is None or due < self._timer_due:
+            self._timer_due = due
+            self._timer.notify()
+
+    def _timer_loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                due = self._timer_due = self._on_time(self.clock())
+                pause = TIMER_MAX_WAIT_SECS if due is None else due - self.clock()
+                self._timer.wait(min(max(pause, 0.001), TIMER_MAX_WAIT_SECS))
+
+    # --- estimates (lock held) ---
+
+    def _eta(self, model: str, now: float) -> float | None:
+        """See :func:`llmux.engine.estimates.eta`; None for an unknown model."""
+        m = self._models.get(model)
+        if m is None:
+            return None
+        return estimates.eta(
+            model,
+            now,
+            active=self._active,
+            serving=m.state == AWAKE,
+            running=self._running,
+            backoff_until=self._backoff_until,
+            costs=self.costs,
+            fraction=self._wake_fraction(),
         )
-        decision = self.policy.decide(snap)
-        if isinstance(decision, SwitchTo) and decision.model != awake:
-            return decision.model
-        if isinstance(decision, WaitUntil):  # cannot happen without backoff; go on
-            return self._target
-        return None
 
-    def _drain_deadline(self, start: float) -> float | None:
-        """When a drain begun at ``start`` times out (``drain_timeout_secs``); None: never."""
-        timeout = self.settings.drain_timeout_secs
-        return None if timeout is None else start + timeout
+    def _wake_fraction(self) -> float | None:
+        """The fraction the running switch's wake hook printed, if it runs and printed."""
+        running = self._running
+        progress = getattr(self.hooks, "progress", None)
+        if running is None or running.wake_started is None or progress is None:
+            return None
+        return progress(running.target)
 
-    def _drain(self, source: str, requested: bool = False, deadline: float | None = None) -> bool:
-        """Wait for the in-flight requests of ``source``; False once ``deadline`` passed.
+    def _retry_after(self, model: str) -> int:
+        """Whole seconds for a ``Retry-After``: the estimate, at least 1."""
+        return estimates.whole_secs(self._eta(model, self.clock()))
 
-        ``requested``: the drain of a switch some request asked for. Such a
-        drain ends early (True, requests still in flight) when requests wait
-        for ``source`` itself and the policy now prefers it (the waiter the
-        switch was for left): they need not wait for its longest stream. The
-        caller's commit then abandons the switch, or, if a switch is wanted
-        again by then, drains on.
-        """
-        if not self.settings.drain_before_switch:
-            return True
-        m = self._models[source]
-        with self._cond:
-            while m.in_flight > 0:
-                if requested and (self._closed or (m.waiters and self._wanted(source) is None)):
-                    return True
-                left = MAX_WAIT_SECS if deadline is None else deadline - self.clock()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, MAX_WAIT_SECS))
-        return True
+    def _retry_after_switch(self) -> int:
+        """``Retry-After`` for what waits on the running switch itself."""
+        running = self._running
+        left = None
+        if running is not None:
+            left = estimates.switch_left(running, self.clock(), self.costs, self._wake_fraction())
+        return estimates.whole_secs(left)
 
-    def _put_to_sleep(self, source: str, target: str, started: float) -> bool:
-        """Run ``sleep`` on the old model; False (switch abandoned) if it stays alive."""
-        m = self._models[source]
-        result, still_alive = self._sleep_hook(m)
-        if not result.ok:
-            with self._cond:
-                self.observer.sleep_hook_failed(source, target, result.describe(), still_alive)
-            if still_alive:
-                self._abandon_switch(
-                    source,
-                    target,
-                    started,
-                    ModelUnavailable(
-                        f"model '{target}' is unavailable: could not put '{source}' to sleep "
-                        f"({result.describe()})",
-                    ),
-                    result.describe(),
-                )
-                return False
-        with self._cond:
-            self._went_to_sleep(m)
-        return True
+    # --- the state a switch leaves behind (lock held) ---
 
-    def _sleep_hook(self, m: _Model) -> tuple[HookResult, bool]:
-        """Run ``m``'s sleep hook (its state already ``sleeping``); if it failed, also
-        whether ``alive`` says it still runs."""
-        result = self._run_hook(m.name, "sleep")
-        return result, not result.ok and self._run_hook(m.name, "alive").ok
+    def _finish_switch(self, source, target, started, *, ok, error="", phases=None) -> None:
+        """Record the outcome and free the slot: the policy picks the next move."""
+        seconds = self.clock() - started
+        ema = self.costs.observe(source, target, seconds) if ok else None
+        self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
+        self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
+        self._free_slot()
+
+    def _record_switch(self, source, target, result, error, seconds, phases) -> None:
+        """``last_switch`` for the status API; result: success|failure|abandoned."""
+        self.last_switch = {
+            "from": source,
+            "to": target,
+            "ok": result == "success",
+            "result": result,
+            "error": error,
+            "duration_secs": seconds,
+            "phases": dict(phases or {}),
+        }
 
     def _went_to_sleep(self, m: _Model) -> None:
-        """``m`` is asleep now (lock held); a model a reload removed is forgotten here."""
+        """``m`` is asleep now; a model a reload removed is forgotten here."""
         self._set_state(m, ASLEEP)
         if self._active == m.name:
             self._active = None
@@ -677,92 +562,7 @@ class Switcher:
         if forget is not None:
             forget(m.name)
 
-    def _abandon_switch(
-        self, source: str, target: str, started: float, error: LlmuxError, reason: str
-    ) -> None:
-        """The old model keeps serving; the target's waiters get ``error``, with the
-        estimate of a new attempt as its ``retry_after``."""
-        with self._cond:
-            m = self._models[source]
-            self._set_state(m, AWAKE)
-            self._target = None
-            error.retry_after = self._retry_after(target)
-            self._fail_waiters(self._models[target], error, "failed")
-            self._admit_all(m)
-            self._finish_switch(source, target, started, ok=False, error=reason)
-
-    def _wake(self, target: str) -> str | None:
-        """Run ``wake`` and poll ``alive`` (state already ``waking``); why it failed, or None."""
-        result = self._run_hook(target, "wake")
-        if result.ok:
-            result = self._wait_alive(target)
-            if result.ok:
-                return None
-            failure = (
-                f"alive hook never passed within {self.hooks.ready_timeout(target):g}s "
-                f"of the wake (last probe: {result.describe()})"
-            )
-        else:
-            failure = result.describe()
-        self._run_hook(target, "sleep")  # clean up whatever half-started
-        return failure
-
-    def _wait_alive(self, model: str) -> HookResult:
-        """Poll ``alive`` with a growing interval until it passes or ``ready_timeout`` ends.
-
-        Failed probes are expected while a model loads; only the outcome of the
-        whole polling is reported, with the time it took.
-        """
-        start = self.clock()
-        deadline = start + self.hooks.ready_timeout(model)
-        interval = ALIVE_FIRST_INTERVAL
-        while True:
-            result = self.hooks.run(model, "alive")
-            if result.ok or self.clock() >= deadline:
-                break
-            with self._cond:
-                self.observer.alive_probe_failed(model, result)
-            time.sleep(min(interval, max(deadline - self.clock(), 0)))
-            interval = min(interval * 1.5, ALIVE_MAX_INTERVAL)
-        result = dataclasses.replace(result, duration=self.clock() - start)
-        with self._cond:
-            self.observer.hook_finished(model, result)
-        return result
-
-    def _run_hook(self, model: str, kind: str) -> HookResult:
-        result = self.hooks.run(model, kind)
-        with self._cond:
-            self.observer.hook_finished(model, result)
-        return result
-
-    def _finish_switch(self, source, target, started, *, ok, error="", phases=None) -> None:
-        """Record the outcome and let the policy pick the next move (lock held)."""
-        seconds = self.clock() - started
-        ema = self.costs.observe(source, target, seconds) if ok else None
-        self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
-        self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
-        self._free_slot()
-
-    def _record_switch(self, source, target, result, error, seconds, phases) -> None:
-        """``last_switch`` for the status API (lock held); result: success|failure|abandoned."""
-        self.last_switch = {
-            "from": source,
-            "to": target,
-            "ok": result == "success",
-            "result": result,
-            "error": error,
-            "duration_secs": seconds,
-            "phases": dict(phases or {}),
-        }
-
-    def _free_slot(self) -> None:
-        """The switch, sleep, start-up or recheck is over: the policy picks next (lock held)."""
-        self._switching = False
-        self._target = self._source = self._switch_started = self._wake_started = None
-        self._kick()
-        self._cond.notify_all()
-
-    # --- outside knowledge: start-up and a backend that went away ---
+    # --- starting, re-checking, putting to sleep ---
 
     def start(self, prepare: Callable[[], str | None], preload: str | None = None) -> None:
         """Run ``prepare`` before anything else; it returns the model already awake.
@@ -771,32 +571,8 @@ class Switcher:
         which model a previous llmux left awake. Requests queue meanwhile. Then,
         if no model is awake, ``preload`` is woken as if a request had asked.
         """
-        with self._cond:
-            self._switching = True
-        threading.Thread(
-            target=self._run_start, args=(prepare, preload), name="llmux-start", daemon=True
-        ).start()
-
-    def _run_start(self, prepare: Callable[[], str | None], preload: str | None) -> None:
-        awake = None
-        try:
-            awake = prepare()
-        except Exception:
-            log.exception("start-up check failed", extra={"event": "startup_failed"})
-        with self._cond:
-            if awake in self._models:
-                m = self._models[awake]
-                self._set_state(m, AWAKE)
-                m.awake_since = m.last_used = self.clock()
-                self._active = awake
-            if awake is None and preload in self._models and not self._closed:
-                log.info("preloading %s", preload, extra={"event": "preload", "model": preload})
-                self._begin_switch(preload)
-            else:
-                preload = None
-                self._free_slot()
-        if preload is not None:  # still holds the switching slot taken in start()
-            self._run_switch(preload, requested=False)
+        with self._lock:
+            self._take_slot("start", self._start_up(prepare, preload), spawn=True)
 
     def backend_unreachable(self, model: str) -> None:
         """A request could not connect to ``model``'s backend: is the model still alive?
@@ -804,40 +580,20 @@ class Switcher:
         If its ``alive`` hook fails, the model is taken as asleep, so the next
         request wakes it again instead of failing until someone restarts llmux.
         """
-        with self._cond:
+        with self._lock:
             if self._active != model or self._switching or self._closed:
                 return
-            self._switching = True
-        threading.Thread(
-            target=self._recheck, args=(model,), name="llmux-recheck", daemon=True
-        ).start()
-
-    def _recheck(self, model: str) -> None:
-        result = None
-        try:
-            result = self._run_hook(model, "alive")
-        finally:
-            with self._cond:
-                m = self._models[model]
-                if result is not None and not result.ok and self._active == model:
-                    log.warning(
-                        "backend of %s is gone; it will be woken again on demand",
-                        model,
-                        extra={"event": "backend_lost", "model": model},
-                    )
-                    self._went_to_sleep(m)
-                self._free_slot()
-
-    # --- putting a model to sleep with no switch behind it ---
+            self._take_slot("recheck", self._recheck(model), spawn=True)
 
     def sleep(self, model: str, *, reason: str = "admin", timeout: float = 60.0) -> str:
         """Drain ``model`` if it is awake and run its ``sleep`` hook; return its state after.
 
-        Waits up to ``timeout`` for a running switch to end first. Requests that
+        Waits up to ``timeout`` seconds for a running switch to end first (else
+        raises SwitchTimeout; ModelNotFound for an unknown model). Requests that
         arrive meanwhile queue, and wake the model again once it is asleep.
         """
         deadline = self.clock() + timeout
-        with self._cond:
+        with self._lock:
             m = self._models.get(model)
             if m is None or m.removed and reason != "reload":
                 raise ModelNotFound(model)
@@ -849,88 +605,11 @@ class Switcher:
                         "put to sleep",
                         retry_after=self._retry_after_switch(),
                     )
-                self._cond.wait(min(left, MAX_WAIT_SECS))
+                self._slot_free.wait(min(left, MAX_WAIT_SECS))
             if self._active != model:
                 return m.state
-            self._switching = True
-        return self._retire(model, reason)
-
-    def _retire(self, model: str, reason: str) -> str:
-        """Drain and sleep the active ``model`` (the switching slot is held).
-
-        An idle sleep is committed under the lock before its sleep hook: if a
-        request arrived since the idle time ran out, the model stays awake.
-        """
-        m = self._models[model]
-        started = self.clock()
-        error = ""
-        abandoned = False
-        try:
-            with self._cond:
-                self._set_state(m, DRAINING)
-            if not self._drain(model, deadline=self._drain_deadline(started)):
-                error = "drain timed out"
-            else:
-                with self._cond:
-                    abandoned = reason == "idle" and bool(m.waiters or m.in_flight)
-                    if not abandoned:
-                        self._set_state(m, SLEEPING)
-                if not abandoned:
-                    result, still_alive = self._sleep_hook(m)
-                    if still_alive:
-                        error = (
-                            f"sleep hook failed and the model is still alive: {result.describe()}"
-                        )
-        except Exception:
-            log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
-            error = "internal error"
-        finally:  # whatever happened, the slot is freed and the model is in a real state
-            with self._cond:
-                if error or abandoned or m.state == DRAINING:
-                    self._set_state(m, AWAKE)
-                    self._admit_all(m)
-                else:
-                    self._went_to_sleep(m)
-                took = self.clock() - started
-                if abandoned:
-                    self.observer.sleep_abandoned(model, reason, "a request arrived")
-                else:
-                    self.observer.model_put_to_sleep(model, reason, not error, took, error)
-                self._free_slot()
-        return m.state
-
-    def _watch_idle_if_needed(self) -> None:
-        """Start the idle watcher once some model has an idle time (lock held or unshared)."""
-        wanted = any(m.idle_sleep_secs for m in self._models.values())
-        if wanted and self._idle_watch is None:
-            self._idle_watch = threading.Thread(
-                target=self._watch_idle, name="llmux-idle", daemon=True
-            )
-            self._idle_watch.start()
-
-    def _watch_idle(self) -> None:
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                model, pause = self._idle_due(self.clock())
-                if model is None:
-                    self._cond.wait(pause)
-                    continue
-                self._switching = True  # taken in the same critical section as the check
-            self._retire(model, "idle")
-
-    def _idle_due(self, now: float) -> tuple[str | None, float]:
-        """The active model if its idle time is over, else how long to wait (lock held)."""
-        m = self._models.get(self._active) if self._active else None
-        if m is None or self._switching or not m.idle_sleep_secs:
-            return None, MAX_WAIT_SECS
-        if m.in_flight or any(other.waiters for other in self._models.values()):
-            return None, MAX_WAIT_SECS
-        due = m.last_used + m.idle_sleep_secs
-        if now >= due:
-            return m.name, 0.0
-        return None, min(MAX_WAIT_SECS, due - now)
+            procedure = self._take_slot("sleep", self._retire(model, reason))
+        return self.runner.run(procedure)
 
     # --- a reloaded config ---
 
@@ -943,7 +622,7 @@ class Switcher:
         check: Callable[[dict[str, str]], None] | None = None,
         apply: Callable[[], None] | None = None,
     ) -> list[str]:
-        """Take a new model set (name -> idle time); return the removed models still awake.
+        """Take a new model set (name -> idle seconds); return the removed models still awake.
 
         ``policy``, when given, decides from now on. Added models start asleep.
         A removed model's queued requests get 404;
@@ -955,9 +634,9 @@ class Switcher:
         so no model changes state between the check and the change. Both must
         be quick and must not call back into the switcher.
         """
-        with self._cond:
+        with self._lock:
             if check is not None:
-                check({n: m.state for n, m in self._models.items()})
+                check({n: str(m.state) for n, m in self._models.items()})
             if apply is not None:
                 apply()
             if settings is not None:
@@ -979,17 +658,12 @@ class Switcher:
                     self._forget(m)
                 else:
                     still_awake.append(m.name)
-            self._watch_idle_if_needed()
+            self._drained.notify_all()
             self._kick()
-            self._cond.notify_all()
+            self._reschedule()
             return still_awake
 
     # --- inspection and shutdown ---
-
-    def _positions(self) -> dict[Waiter, int]:
-        """Every queued request's 1-based place among all queued ones, by arrival."""
-        waiters = sorted((w for m in self._models.values() for w in m.waiters), key=_since)
-        return {w: i for i, w in enumerate(waiters, 1)}
 
     def progress(self, waiter: Waiter) -> dict:
         """Where a queued request stands, for loading progress.
@@ -999,18 +673,16 @@ class Switcher:
         the model's estimated wait in seconds (None: unknown, see :meth:`_eta`),
         and the fraction the model's wake hook printed (None if none).
         """
-        with self._cond:
+        with self._lock:
             m = self._models.get(waiter.model)
             queues = [q.waiters for q in self._models.values()]
-            # each queue is in arrival order: a binary search per model, no sort
-            queued = m is not None and _holds(m.waiters, waiter)
-            ahead = sum(bisect.bisect_left(q, waiter.since, key=_since) for q in queues)
+            queued = m is not None and holds(m.waiters, waiter)
             return {
                 "model": waiter.model,
-                "state": m.state if m is not None else ASLEEP,
-                "position": ahead + 1 if queued else None,
+                "state": str(m.state) if m is not None else str(ASLEEP),
+                "position": ahead_of(queues, waiter) + 1 if queued else None,
                 "queued": sum(len(q) for q in queues),
-                "eta_secs": _rounded(self._eta(waiter.model, self.clock())),
+                "eta_secs": estimates.rounded(self._eta(waiter.model, self.clock())),
                 "hook_progress": self._hook_progress(waiter.model),
             }
 
@@ -1029,15 +701,15 @@ class Switcher:
         requests as ``{"position", "waited_secs"}`` (position among all models'
         queued requests, by arrival).
         """
-        with self._cond:
+        with self._lock:
             now = self.clock()
-            positions = self._positions()
+            places = positions(m.waiters for m in self._models.values())
             return {
                 "active": self._active,
                 "switching": self._switching,
                 "models": {
                     n: {
-                        "state": m.state,
+                        "state": str(m.state),
                         "in_flight": m.in_flight,
                         "queued": len(m.waiters),
                         "oldest_wait_secs": (now - m.waiters[0].since) if m.waiters else 0.0,
@@ -1045,11 +717,10 @@ class Switcher:
                         if m.state == AWAKE and not m.in_flight
                         else None,
                         "idle_sleep_secs": m.idle_sleep_secs,
-                        "estimated_wait_secs": _rounded(self._eta(n, now)),
+                        "estimated_wait_secs": estimates.rounded(self._eta(n, now)),
                         "hook_progress": self._hook_progress(n),
                         "queue": [
-                            {"position": positions[w], "waited_secs": now - w.since}
-                            for w in m.waiters
+                            {"position": places[w], "waited_secs": now - w.since} for w in m.waiters
                         ],
                     }
                     for n, m in self._models.items()
@@ -1062,46 +733,26 @@ class Switcher:
             }
 
     def state(self, model: str) -> str:
-        with self._cond:
+        with self._lock:
             m = self._models.get(model)
-            return m.state if m is not None else ASLEEP
+            return str(m.state) if m is not None else str(ASLEEP)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no switch or sleep runs; True if none does."""
         deadline = self.clock() + timeout
-        with self._cond:
+        with self._lock:
             while self._switching:
                 left = deadline - self.clock()
                 if left <= 0:
                     return False
-                self._cond.wait(min(left, MAX_WAIT_SECS))
+                self._slot_free.wait(min(left, MAX_WAIT_SECS))
         return True
 
     def close(self) -> None:
         """Refuse new requests and fail every queued one with ``shutting_down``."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             for m in self._models.values():
                 self._fail_waiters(m, ShuttingDown("llmux is shutting down"), "shutdown")
-
-
-def _since(waiter: Waiter) -> float:
-    return waiter.since
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 1)
-
-
-def _holds(queue: list[Waiter], waiter: Waiter) -> bool:
-    """Whether ``waiter`` is in ``queue`` (in arrival order), by binary search."""
-    i = bisect.bisect_left(queue, waiter.since, key=_since)
-    while i < len(queue) and queue[i].since == waiter.since:
-        if queue[i] is waiter:
-            return True
-        i += 1
-    return False
-
-
-def _whole_secs(seconds: float | None) -> int:
-    return max(1, math.ceil(seconds)) if seconds is not None else 1
+            self._drained.notify_all()
+            self._timer.notify()

@@ -1,0 +1,404 @@
+"""The slow work of the switching slot: a switch, putting a model to sleep, start-up
+and the re-check of a lost backend.
+
+Each is a generator (a :data:`~llmux.engine.effects.Procedure`) that yields what
+blocks (hooks, pauses, the drain) and does everything else in short steps under
+the switcher's lock. Before every irreversible step a switch *commits*: under the
+lock it asks the policy again, on the state as it is now, and goes on, turns
+to another model, or gives up and lets the model it left keep serving (SPEC §5:
+a request that left never causes a switch).
+
+A switch::
+
+    drain the old model -> commit -> sleep hook (alive check if it fails)
+    -> commit -> wake hook -> alive polling -> admit every waiter of the new model
+
+:class:`Procedures` is the :class:`~llmux.engine.switcher.Switcher`'s half that
+holds these; it uses the switcher's state and lock directly and has no state of
+its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ..errors import LlmuxError, ModelUnavailable, SwitchTimeout
+from .effects import AwaitDrain, Call, Pause, Procedure, RunHook
+from .estimates import RunningSwitch
+from .hooks import HookResult
+from .policy import SwitchTo, WaitUntil
+from .states import AWAKE, DRAINING, FAILED, SLEEPING, WAKING
+
+log = logging.getLogger("llmux.switcher")
+
+ALIVE_FIRST_INTERVAL, ALIVE_MAX_INTERVAL = 0.05, 1.0
+
+
+class Procedures:
+    """Mixed into :class:`~llmux.engine.switcher.Switcher`; see the module docstring."""
+
+    # --- a switch ---
+
+    def _switch(self, target: str, requested: bool = True) -> Procedure:
+        """Drain, sleep, wake, each irreversible step committed under the lock first.
+
+        ``requested`` is False for a preload, which no waiter asked for. The
+        switching slot is held and ``_running`` set (:meth:`_begin_switch`).
+        """
+        with self._lock:
+            started = self._running.started
+            source = self._active
+            self.observer.switch_started(source, target)
+            phases: dict[str, float] = {}
+            if source is not None:
+                self._set_state(self._models[source], DRAINING)
+        if source is not None:
+            t0 = self.clock()
+            deadline = self._drain_deadline(t0)
+            with self._lock:
+                self.observer.drain_started(source, target, self._models[source].in_flight)
+            while True:
+                drained = True
+                if self.settings.drain_before_switch:
+                    drained = yield AwaitDrain(source, requested, deadline)
+                phases["drain"] = self.clock() - t0
+                if not drained:
+                    self.observer.drain_finished(source, target, phases["drain"], False)
+                    error = SwitchTimeout(
+                        f"model '{source}' did not finish its requests within "
+                        f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' abandoned",
+                    )
+                    self._abandon_switch(source, target, started, error, "drain timed out")
+                    return
+                with self._lock:
+                    target = self._commit(source, source, target, started, requested, phases)
+                    if target is None:
+                        return
+                    if self.settings.drain_before_switch and self._models[source].in_flight:
+                        continue  # it ended early, and a switch is wanted again: drain on
+                    self._set_state(self._models[source], SLEEPING)
+                break
+            self.observer.drain_finished(source, target, phases["drain"], True)
+            t0 = self.clock()
+            if not (yield from self._put_to_sleep(source, target, started)):
+                return
+            phases["sleep"] = self.clock() - t0
+        with self._lock:
+            target = self._commit(source, None, target, started, requested, phases)
+            if target is None:
+                return
+            self._set_state(self._models[target], WAKING)
+            t0 = self.clock()
+            self._running = dataclasses.replace(self._running, wake_started=t0)
+        failure = yield from self._wake(target)
+        phases["wake"] = self.clock() - t0
+        with self._lock:
+            m = self._models[target]
+            if failure is not None:
+                self._set_state(m, FAILED)
+                self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+                self._running = None  # the estimate is for the next attempt
+                error = ModelUnavailable(
+                    f"model '{target}' is unavailable: {failure}",
+                    retry_after=self._retry_after(target),
+                )
+                self._fail_waiters(m, error, "failed")
+                self._finish_switch(source, target, started, ok=False, error=failure, phases=phases)
+                return
+            self._set_state(m, AWAKE)
+            m.awake_since = m.last_used = self.clock()
+            self._active = target
+            self._admit_all(m)
+            self._finish_switch(source, target, started, ok=True, phases=phases)
+
+    def _begin_switch(self, target: str) -> None:
+        """Take note of a switch about to start (lock held, switching slot taken)."""
+        self._running = RunningSwitch(self._active, target, self.clock())
+
+    def _commit(
+        self,
+        source: str | None,
+        awake: str | None,
+        target: str,
+        started: float,
+        requested: bool,
+        phases: dict,
+    ) -> str | None:
+        """Before an irreversible step: the model to go on with, or None (lock held).
+
+        The policy is asked again, on the state as it is now: a drain can take
+        minutes, and waiters leave. If it still wants ``target``, go on; if it
+        wants another model, go on towards that one (``switch_retargeted``);
+        if it prefers ``awake`` (None: nothing is awake; for FIFO, when nobody
+        waits for another model any more), the switch is abandoned and ``awake``
+        keeps serving (``switch_abandoned``), and the slot is freed. ``source``
+        is the model the switch began from, for the reports.
+        """
+        reason = None
+        if self._closed:
+            reason = "llmux is shutting down"
+        elif requested:
+            wanted = self._wanted(awake)
+            if wanted is None:
+                reason = "no request waits for it any more"
+            elif wanted != target:
+                self.observer.switch_retargeted(source, target, wanted)
+                target = wanted
+                # the estimate of the rest: a switch from where we are now
+                self._running = RunningSwitch(awake, wanted, self.clock())
+        if reason is None:
+            return target
+        if awake is not None:
+            m = self._models[awake]
+            self._set_state(m, AWAKE)
+            self._admit_all(m)
+        seconds = self.clock() - started
+        self._record_switch(source, target, "abandoned", reason, seconds, phases)
+        self.observer.switch_abandoned(source, target, reason, seconds)
+        self._free_slot()
+        return None
+
+    def _wanted(self, awake: str | None) -> str | None:
+        """The model the policy would switch to now, or None if it prefers ``awake``.
+
+        Lock held. Backoff and residency were settled when the switch began,
+        so they are left out of this second opinion.
+        """
+        snap = dataclasses.replace(
+            self._snapshot(self.clock()), backoff_until=0.0, min_active_secs=0.0
+        )
+        decision = self.policy.decide(snap)
+        if isinstance(decision, SwitchTo) and decision.model != awake:
+            return decision.model
+        if isinstance(decision, WaitUntil):  # cannot happen without backoff; go on
+            return self._running.target
+        return None
+
+    def _drain_deadline(self, start: float) -> float | None:
+        """When a drain begun at ``start`` times out (``drain_timeout_secs``); None: never."""
+        timeout = self.settings.drain_timeout_secs
+        return None if timeout is None else start + timeout
+
+    def _drain_outcome(self, drain: AwaitDrain) -> bool | None:
+        """True once ``drain.model`` has nothing in flight, False once past the deadline,
+        None while neither (lock held).
+
+        A requested drain also ends early (True, requests still in flight) when
+        requests wait for the draining model itself and the policy now prefers
+        it (the waiter the switch was for left): they need not wait for its
+        longest stream. The caller's commit then abandons the switch, or, if a
+        switch is wanted again by then, drains on.
+        """
+        m = self._models[drain.model]
+        if m.in_flight <= 0:
+            return True
+        if drain.requested and (self._closed or (m.waiters and self._wanted(m.name) is None)):
+            return True
+        if drain.deadline is not None and self.clock() >= drain.deadline:
+            return False
+        return None
+
+    def _put_to_sleep(self, source: str, target: str, started: float) -> Procedure:
+        """Run ``sleep`` on the old model; False (switch abandoned) if it stays alive."""
+        m = self._models[source]
+        result, still_alive = yield from self._sleep_hook(m.name)
+        if not result.ok:
+            with self._lock:
+                self.observer.sleep_hook_failed(source, target, result.describe(), still_alive)
+            if still_alive:
+                error = ModelUnavailable(
+                    f"model '{target}' is unavailable: could not put '{source}' to sleep "
+                    f"({result.describe()})",
+                )
+                self._abandon_switch(source, target, started, error, result.describe())
+                return False
+        with self._lock:
+            self._went_to_sleep(m)
+        return True
+
+    def _abandon_switch(
+        self, source: str, target: str, started: float, error: LlmuxError, reason: str
+    ) -> None:
+        """The old model keeps serving; the target's waiters get ``error``, with the
+        estimate of a new attempt as its ``retry_after``."""
+        with self._lock:
+            m = self._models[source]
+            self._set_state(m, AWAKE)
+            self._running = None
+            error.retry_after = self._retry_after(target)
+            self._fail_waiters(self._models[target], error, "failed")
+            self._admit_all(m)
+            self._finish_switch(source, target, started, ok=False, error=reason)
+
+    def _wake(self, target: str) -> Procedure:
+        """Run ``wake`` and poll ``alive`` (state already ``waking``); why it failed, or None."""
+        result = yield from self._hook(target, "wake")
+        if result.ok:
+            result = yield from self._wait_alive(target)
+            if result.ok:
+                return None
+            failure = (
+                f"alive hook never passed within {self.hooks.ready_timeout(target):g}s "
+                f"of the wake (last probe: {result.describe()})"
+            )
+        else:
+            failure = result.describe()
+        yield from self._hook(target, "sleep")  # clean up whatever half-started
+        return failure
+
+    def _wait_alive(self, model: str) -> Procedure:
+        """Poll ``alive`` with a growing interval until it passes or ``ready_timeout`` ends.
+
+        Failed probes are expected while a model loads; only the outcome of the
+        whole polling is reported, with the time it took.
+        """
+        start = self.clock()
+        deadline = start + self.hooks.ready_timeout(model)
+        interval = ALIVE_FIRST_INTERVAL
+        while True:
+            result = yield RunHook(model, "alive")
+            if result.ok or self.clock() >= deadline:
+                break
+            with self._lock:
+                self.observer.alive_probe_failed(model, result)
+            yield Pause(min(interval, max(deadline - self.clock(), 0)))
+            interval = min(interval * 1.5, ALIVE_MAX_INTERVAL)
+        result = dataclasses.replace(result, duration=self.clock() - start)
+        with self._lock:
+            self.observer.hook_finished(model, result)
+        return result
+
+    def _hook(self, model: str, kind: str) -> Procedure:
+        """Run one hook and report it; its :class:`HookResult`."""
+        result = yield RunHook(model, kind)
+        with self._lock:
+            self.observer.hook_finished(model, result)
+        return result
+
+    def _sleep_hook(self, model: str) -> Procedure:
+        """Run ``model``'s sleep hook (its state already ``sleeping``):
+        ``(HookResult, still_alive)``, where still_alive asks ``alive`` if it failed."""
+        result: HookResult = yield from self._hook(model, "sleep")
+        if result.ok:
+            return result, False
+        alive = yield from self._hook(model, "alive")
+        return result, alive.ok
+
+    def _recover(self) -> Procedure:
+        """Put every model crashed work was moving into a state it can leave.
+
+        A model draining or being put to sleep may still be up: it is taken as
+        awake (a later switch puts it to sleep again before waking another). A
+        model being woken gets its sleep hook, best effort, and is ``failed``.
+        A crashed switch fails its target's waiters.
+        """
+        with self._lock:
+            running = self._running
+            waking = [n for n, m in self._models.items() if m.state == WAKING]
+        for name in waking:
+            try:
+                yield from self._hook(name, "sleep")
+            except Exception:
+                log.exception("cleanup of %s failed", name, extra={"event": "switch_crashed"})
+        with self._lock:
+            for m in self._models.values():
+                if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
+                    self._set_state(m, AWAKE)
+                elif m.state in (WAKING, SLEEPING):
+                    self._set_state(m, FAILED)
+                    self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+            if running is not None and running.target in self._models:
+                error = ModelUnavailable(f"switch to model '{running.target}' failed unexpectedly")
+                self._fail_waiters(self._models[running.target], error, "failed")
+                self._finish_switch(
+                    self._active, running.target, running.started, ok=False, error="internal error"
+                )
+
+    # --- a model put to sleep with no switch behind it ---
+
+    def _retire(self, model: str, reason: str) -> Procedure:
+        """Drain and sleep the active ``model``; its state after.
+
+        An idle sleep is committed under the lock before its sleep hook: if a
+        request arrived since the idle time ran out, the model stays awake.
+        """
+        m = self._models[model]
+        started = self.clock()
+        error = ""
+        abandoned = False
+        try:
+            with self._lock:
+                self._set_state(m, DRAINING)
+            drained = True
+            if self.settings.drain_before_switch:
+                drained = yield AwaitDrain(model, False, self._drain_deadline(started))
+            if not drained:
+                error = "drain timed out"
+            else:
+                with self._lock:
+                    abandoned = reason == "idle" and bool(m.waiters or m.in_flight)
+                    if not abandoned:
+                        self._set_state(m, SLEEPING)
+                if not abandoned:
+                    result, still_alive = yield from self._sleep_hook(model)
+                    if still_alive:
+                        error = (
+                            f"sleep hook failed and the model is still alive: {result.describe()}"
+                        )
+        except Exception:
+            log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
+            error = "internal error"
+        finally:  # whatever happened, the slot is freed and the model is in a real state
+            with self._lock:
+                if error or abandoned or m.state == DRAINING:
+                    self._set_state(m, AWAKE)
+                    self._admit_all(m)
+                else:
+                    self._went_to_sleep(m)
+                took = self.clock() - started
+                if abandoned:
+                    self.observer.sleep_abandoned(model, reason, "a request arrived")
+                else:
+                    self.observer.model_put_to_sleep(model, reason, not error, took, error)
+                self._free_slot()
+        return m.state
+
+    # --- outside knowledge: start-up and a backend that went away ---
+
+    def _start_up(self, prepare, preload: str | None) -> Procedure:
+        """Learn what is awake (``prepare()``), then preload if nothing is."""
+        awake = None
+        try:
+            awake = yield Call(prepare)
+        except Exception:
+            log.exception("start-up check failed", extra={"event": "startup_failed"})
+        with self._lock:
+            if awake in self._models:
+                m = self._models[awake]
+                self._set_state(m, AWAKE)
+                m.awake_since = m.last_used = self.clock()
+                self._active = awake
+            if awake is not None or preload not in self._models or self._closed:
+                self._free_slot()
+                return
+            log.info("preloading %s", preload, extra={"event": "preload", "model": preload})
+            self._begin_switch(preload)
+        yield from self._switch(preload, requested=False)
+
+    def _recheck(self, model: str) -> Procedure:
+        """Ask ``alive`` of the active ``model``; if it fails, take it as asleep."""
+        result = None
+        try:
+            result = yield from self._hook(model, "alive")
+        finally:
+            with self._lock:
+                m = self._models[model]
+                if result is not None and not result.ok and self._active == model:
+                    log.warning(
+                        "backend of %s is gone; it will be woken again on demand",
+                        model,
+                        extra={"event": "backend_lost", "model": model},
+                    )
+                    self._went_to_sleep(m)
+                self._free_slot()

@@ -1,0 +1,94 @@
+"""Queued requests and the tickets of admitted ones.
+
+A :class:`Waiter` is one request in its model's queue; each queue is a list in
+arrival order. A waiter sleeps on a condition of its own, built on the
+switcher's one lock, so admitting, failing or cancelling it wakes it and
+nobody else. A :class:`Ticket` is the right to use the model it was admitted to.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextvars
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..errors import LlmuxError
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A queued request: its model and when it arrived (monotonic seconds).
+
+    ``context`` is the requester's :mod:`contextvars` context: what is
+    reported about the waiter from another thread (a failed switch, a
+    shutdown, a reload) is reported in it, so its log lines carry its request id.
+    ``wakeup`` is its condition on the switcher's lock (None until queued).
+    """
+
+    model: str
+    since: float
+    granted: bool = False
+    claimed: bool = False  # its ticket was handed out
+    error: LlmuxError | None = None
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    wakeup: threading.Condition | None = field(default=None, repr=False)
+
+    def settle(self, *, error: LlmuxError | None = None) -> None:
+        """Admit it (no ``error``) or fail it, and wake it (the lock held)."""
+        if error is None:
+            self.granted = True
+        else:
+            self.error = error
+        if self.wakeup is not None:
+            self.wakeup.notify()
+
+
+class Ticket:
+    """The right to use one model until :meth:`release` (idempotent)."""
+
+    __slots__ = ("model", "waited", "_release", "_released")
+
+    def __init__(self, release: Callable[[str], None], model: str, waited: float):
+        self.model = model
+        self.waited = waited  # seconds in the queue
+        self._release = release
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release(self.model)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _since(waiter: Waiter) -> float:
+    return waiter.since
+
+
+def holds(queue: list[Waiter], waiter: Waiter) -> bool:
+    """Whether ``waiter`` is in ``queue`` (in arrival order), by binary search."""
+    i = bisect.bisect_left(queue, waiter.since, key=_since)
+    while i < len(queue) and queue[i].since == waiter.since:
+        if queue[i] is waiter:
+            return True
+        i += 1
+    return False
+
+
+def ahead_of(queues: Iterable[list[Waiter]], waiter: Waiter) -> int:
+    """How many queued requests, over all ``queues``, arrived before ``waiter``:
+    a binary search per queue, no sort."""
+    return sum(bisect.bisect_left(q, waiter.since, key=_since) for q in queues)
+
+
+def positions(queues: Iterable[list[Waiter]]) -> dict[Waiter, int]:
+    """Every queued request's 1-based place among all queued ones, by arrival."""
+    waiters = sorted((w for q in queues for w in q), key=_since)
+    return {w: i for i, w in enumerate(waiters, 1)}

@@ -1,0 +1,1 @@
+"""What the tests share: the engine harness, waits, ports, processes."""

@@ -1,0 +1,346 @@
+"""A deterministic harness for the engine: no threads, a fake clock, hooks that
+finish when the test says.
+
+Usage::
+
+    h = Harness(("a", "b"))
+    r = h.request("a")                 # queued: "a" is asleep
+    assert h.hooks_pending() == [("a", "wake")]
+    h.finish("a", "wake")              # the wake hook returns 0; alive passes
+    assert r.admitted and h.state("a") == "awake"
+    h.release(r)
+    h.advance(30)                      # 30 fake seconds: timers fire
+
+The switcher runs unchanged; only its runner and clock are the harness's. A
+procedure the switcher starts is stepped, outside the lock, until it yields
+something the test must answer: a ``wake`` or ``sleep`` hook (``alive`` is
+answered from the set of models whose wake succeeded and whose sleep did not,
+unless ``alive_override`` says otherwise), a :class:`Pause` not yet over on the
+fake clock, or a drain not yet done. After every step the harness checks the
+engine's invariants: never two models up, in-flight counts equal the tickets
+held, the switching slot taken exactly while a procedure runs, and every state
+change a legal transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmux.engine.effects import AwaitDrain, Call, Pause, Procedure, RunHook
+from llmux.engine.events import Observer
+from llmux.engine.hooks import HookResult
+from llmux.engine.states import TRANSITIONS, ModelState
+from llmux.engine.switcher import Switcher, SwitchSettings
+from llmux.engine.waiters import Ticket, Waiter
+from llmux.errors import LlmuxError
+
+# Requests arrive this far apart on the fake clock (seconds), so that their arrival
+# order is their order in time, as it is on a real clock.
+ARRIVAL_GAP = 0.001
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test moves them."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder(Observer):
+    """Keeps every event as ``(name, args)``."""
+
+    def __init__(self):
+        self.events: list[tuple[str, tuple]] = []
+
+    def __getattribute__(self, name):
+        if name.startswith("_") or name in ("events", "of", "names"):
+            return object.__getattribute__(self, name)
+        if not hasattr(Observer, name):
+            raise AttributeError(name)
+        events = object.__getattribute__(self, "events")
+        return lambda *args, **kwargs: events.append((name, args + tuple(kwargs.values())))
+
+    def of(self, name: str) -> list[tuple]:
+        return [args for n, args in self.events if n == name]
+
+    def names(self) -> list[str]:
+        return [n for n, _ in self.events]
+
+
+@dataclass
+class _Step:
+    name: str
+    procedure: Procedure
+    effect: Any = None
+    started: bool = False
+    until: float | None = None  # of a Pause
+
+
+@dataclass
+class Request:
+    """One request: a ticket once admitted, or its error."""
+
+    model: str
+    ticket: Ticket | None = None
+    waiter: Waiter | None = None
+    error: LlmuxError | None = None
+    released: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        return self.ticket is not None
+
+    @property
+    def queued(self) -> bool:
+        return self.ticket is None and self.error is None
+
+
+class StepRunner:
+    """The switcher's runner in the harness: procedures are kept, not run."""
+
+    def __init__(self):
+        self.steps: list[_Step] = []
+        self.timer_wanted = False
+
+    def spawn(self, name: str, procedure: Procedure) -> None:
+        self.steps.append(_Step(name, procedure))
+
+    def run(self, procedure: Procedure) -> Any:
+        raise NotImplementedError("the harness runs nothing inline; use Harness.sleep")
+
+    def background(self, name: str, loop) -> None:
+        self.timer_wanted = True  # the harness calls tick() itself
+
+
+@dataclass
+class _Hook:
+    model: str
+    kind: str
+    step: _Step = field(repr=False)
+
+
+class Harness:
+    def __init__(
+        self,
+        models: Iterable[str] = ("a", "b", "c"),
+        *,
+        idle: dict[str, float] | None = None,
+        ready_timeout: float = 10.0,
+        progress: dict[str, float] | None = None,
+        **settings,
+    ):
+        self.clock = FakeClock()
+        self.runner = StepRunner()
+        self.events = Recorder()
+        self.up: set[str] = set()
+        self.alive_override: dict[str, bool] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.wake_progress = progress if progress is not None else {}
+        self._ready_timeout = ready_timeout
+        self.requests: list[Request] = []
+        self._states: dict[str, str] = {}
+        self.sw = Switcher(
+            models,
+            self,
+            SwitchSettings(**settings),
+            observer=self.events,
+            clock=self.clock,
+            idle_sleep=idle,
+            runner=self.runner,
+        )
+
+    # --- the Hooks protocol; only ready_timeout and progress are called directly ---
+
+    def run(self, model: str, kind: str) -> HookResult:
+        raise AssertionError("hooks run only through the harness's effects")
+
+    def ready_timeout(self, model: str) -> float:
+        return self._ready_timeout
+
+    def progress(self, model: str) -> float | None:
+        return self.wake_progress.get(model)
+
+    # --- what the test does ---
+
+    def request(self, model: str) -> Request:
+        """A request arrives; it is admitted at once or queued. Raises what ``enter`` raises."""
+        r = Request(model)
+        self.clock.now += ARRIVAL_GAP
+        got = self.sw.enter(model)
+        if isinstance(got, Ticket):
+            r.ticket = got
+        else:
+            r.waiter = got
+        self.requests.append(r)
+        self.settle()
+        return r
+
+    def release(self, *requests: Request) -> None:
+        for r in requests:
+            assert r.ticket is not None, "only an admitted request can be released"
+            r.ticket.release()
+            r.released = True
+        self.settle()
+
+    def cancel(self, r: Request) -> bool:
+        """The client of a queued request left."""
+        gone = self.sw.cancel(r.waiter)
+        self.settle()
+        return gone
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the fake clock, firing timers and ending pauses."""
+        self.clock.now += seconds
+        self.settle()
+
+    def start(self, awake: str | None = None, preload: str | None = None) -> None:
+        """Start-up: the probe finds ``awake`` up (a previous llmux left it)."""
+        if awake is not None:
+            self.up.add(awake)
+        self.sw.start(lambda: awake, preload)
+        self.settle()
+
+    def sleep(self, model: str) -> None:
+        """An operator puts ``model`` to sleep; the procedure is stepped like any other."""
+        with self.sw._lock:
+            if self.sw._switching or self.sw._active != model:
+                raise AssertionError("the harness puts only the idle active model to sleep")
+            procedure = self.sw._take_slot("sleep", self.sw._retire(model, "admin"))
+        self.runner.steps.append(_Step("sleep", procedure))
+        self.settle()
+
+    def hooks_pending(self) -> list[tuple[str, str]]:
+        """The wake and sleep hooks running now, waiting for :meth:`finish`."""
+        return [(s.effect.model, s.effect.kind) for s in self._hook_steps()]
+
+    def finish(self, model: str, kind: str, rc: int = 0, raises: Exception | None = None) -> None:
+        """The pending ``kind`` hook of ``model`` ends with ``rc``, or raises."""
+        for step in self._hook_steps():
+            if (step.effect.model, step.effect.kind) == (model, kind):
+                if raises is None and rc == 0:
+                    if kind == "wake":
+                        self.up.add(model)
+                    elif kind == "sleep":
+                        self.up.discard(model)
+                result = HookResult(kind, rc, 0.0, stderr="" if rc == 0 else "boom")
+                self._resume(step, result, raises)
+                self.settle()
+                return
+        raise AssertionError(f"no {kind} hook of {model} runs; pending: {self.hooks_pending()}")
+
+    # --- what the test looks at ---
+
+    def state(self, model: str) -> str:
+        return self.sw.state(model)
+
+    def status(self) -> dict:
+        return self.sw.status()
+
+    @property
+    def switching(self) -> bool:
+        return self.sw.status()["switching"]
+
+    # --- stepping ---
+
+    def _hook_steps(self) -> list[_Step]:
+        return [
+            s
+            for s in self.runner.steps
+            if isinstance(s.effect, RunHook) and s.effect.kind in ("wake", "sleep")
+        ]
+
+    def settle(self) -> None:
+        """Step every procedure and the timer until all wait for the test."""
+        for _ in range(10_000):
+            moved = False
+            self.sw.tick()
+            self._collect()
+            for step in list(self.runner.steps):
+                if self._try_step(step):
+                    moved = True
+            if not moved:
+                self.check()
+                return
+        raise AssertionError("the engine never settled")
+
+    def _try_step(self, step: _Step) -> bool:
+        if not step.started:
+            step.started = True
+            self._resume(step, None, None)
+            return True
+        effect = step.effect
+        if isinstance(effect, RunHook) and effect.kind == "alive":
+            ok = self.alive_override.get(effect.model, effect.model in self.up)
+            self._resume(step, HookResult("alive", 0 if ok else 1, 0.0), None)
+            return True
+        if isinstance(effect, Call):
+            try:
+                value, error = effect.fn(), None
+            except Exception as exc:
+                value, error = None, exc
+            self._resume(step, value, error)
+            return True
+        if isinstance(effect, Pause):
+            if step.until is None:
+                step.until = self.clock.now + effect.seconds
+            if self.clock.now >= step.until:
+                step.until = None
+                self._resume(step, None, None)
+                return True
+            return False
+        if isinstance(effect, AwaitDrain):
+            with self.sw._lock:
+                outcome = self.sw._drain_outcome(effect)
+            if outcome is not None:
+                self._resume(step, outcome, None)
+                return True
+        return False
+
+    def _resume(self, step: _Step, value, error) -> None:
+        try:
+            if error is not None:
+                step.effect = step.procedure.throw(error)
+            else:
+                step.effect = step.procedure.send(value)
+        except StopIteration:
+            self.runner.steps.remove(step)
+            return
+        if isinstance(step.effect, RunHook):
+            self.calls.append((step.effect.model, step.effect.kind))
+
+    def _collect(self) -> None:
+        """Requests whose waiter was admitted or failed get their ticket or error."""
+        for r in self.requests:
+            if r.waiter is not None and r.queued:
+                try:
+                    r.ticket = self.sw.claim(r.waiter)
+                except LlmuxError as exc:
+                    r.error = exc
+
+    def check(self) -> None:
+        """The invariants, after every step."""
+        assert len(self.up) <= 1, f"two models up at once: {self.up}"
+        status = self.sw.status()
+        for name, m in status["models"].items():
+            held = sum(r.model == name and r.admitted and not r.released for r in self.requests)
+            assert m["in_flight"] == held, f"{name}: in flight {m['in_flight']}, tickets {held}"
+        assert status["switching"] == bool(self.runner.steps), (
+            f"switching={status['switching']} with procedures {self.runner.steps}"
+        )
+        for model, state in self._state_changes():
+            before = self._states.get(model, ModelState.ASLEEP)
+            assert ModelState(state) in TRANSITIONS[ModelState(before)] or state == before, (
+                f"{model}: {before} -> {state} is not a transition"
+            )
+            self._states[model] = state
+
+    def _state_changes(self):
+        seen = getattr(self, "_seen", 0)
+        changes = [a for n, a in self.events.events[seen:] if n == "state_changed"]
+        self._seen = len(self.events.events)
+        return changes
