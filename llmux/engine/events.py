@@ -1,91 +1,212 @@
-"""What the switcher reports as it works: one method per event.
+"""What the switcher reports as it works: events as frozen values.
 
 Usage::
 
     switcher = Switcher(..., observer=Observers(LogObserver(), metrics))
 
-:class:`Observer` is a no-op base; telemetry subclasses (:mod:`llmux.telemetry`)
-override the events they record. The switcher calls them with its lock held, so
-they must be quick and must never call back into the switcher.
+The switcher records each event as it happens, under its lock, and delivers
+them, in the order they happened, once the lock is released (see
+``Switcher._deliver``): an observer may be slow (it may write a file) without
+holding anyone up. Each is delivered in the :mod:`contextvars` context of the
+request it is about, when there is one, so its log line carries the request id.
+
+An observer implements :meth:`Observer.emit`; the base class hands each event
+to the method named by its ``kind``, with its fields as arguments, so
+telemetry classes (:mod:`llmux.telemetry`) define only the methods for the
+events they record. An observer that raises is logged and skipped; it never
+fails a switch. Observers must not call back into the switcher.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 from .hooks import HookResult
+
+log = logging.getLogger("llmux.switcher")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = ""
+
+    def values(self) -> list[Any]:
+        """The fields, in declaration order (not copied, unlike ``dataclasses.astuple``)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+
+EVENTS: list[type[Event]] = []  # every kind, in declaration order
+
+
+def _event(kind: str):
+    def register(cls):
+        cls.kind = kind
+        EVENTS.append(cls)
+        return dataclass(frozen=True)(cls)
+
+    return register
+
+
+@_event("request_queued")
+class RequestQueued(Event):
+    model: str
+
+
+@_event("request_admitted")
+class RequestAdmitted(Event):
+    model: str
+    waited: float  # seconds in the queue
+    queued: bool
+
+
+@_event("request_left_queue")
+class RequestLeftQueue(Event):
+    model: str
+    reason: str  # timeout | client_gone | cancelled | failed | removed | shutdown
+    waited: float
+
+
+@_event("queue_depth_changed")
+class QueueDepthChanged(Event):
+    model: str
+    depth: int
+
+
+@_event("request_timeout")
+class RequestTimeout(Event):
+    model: str
+    timeout_secs: float
+
+
+@_event("in_flight_changed")
+class InFlightChanged(Event):
+    model: str
+    in_flight: int
+
+
+@_event("state_changed")
+class StateChanged(Event):
+    model: str
+    state: str  # a ModelState
+
+
+@_event("switch_started")
+class SwitchStarted(Event):
+    from_model: str | None
+    to_model: str
+
+
+@_event("drain_started")
+class DrainStarted(Event):
+    from_model: str
+    to_model: str
+    in_flight: int
+
+
+@_event("drain_finished")
+class DrainFinished(Event):
+    from_model: str
+    to_model: str
+    seconds: float
+    completed: bool
+
+
+@_event("alive_probe_failed")
+class AliveProbeFailed(Event):
+    model: str
+    result: HookResult
+
+
+@_event("hook_finished")
+class HookFinished(Event):
+    model: str
+    result: HookResult
+
+
+@_event("sleep_hook_failed")
+class SleepHookFailed(Event):
+    model: str
+    to_model: str
+    error: str
+    still_alive: bool
+
+
+@_event("model_deactivated")
+class ModelDeactivated(Event):
+    model: str
+    active_seconds: float
+
+
+@_event("switch_retargeted")
+class SwitchRetargeted(Event):
+    from_model: str | None
+    to_model: str
+    new_target: str
+
+
+@_event("switch_abandoned")
+class SwitchAbandoned(Event):
+    from_model: str | None
+    to_model: str
+    reason: str
+    seconds: float
+
+
+@_event("sleep_abandoned")
+class SleepAbandoned(Event):
+    model: str
+    reason: str
+    why: str
+
+
+@_event("model_put_to_sleep")
+class ModelPutToSleep(Event):
+    model: str
+    reason: str  # admin | idle | reload | shutdown
+    ok: bool
+    seconds: float
+    error: str = ""
+
+
+@_event("switch_finished")
+class SwitchFinished(Event):
+    from_model: str | None
+    to_model: str
+    ok: bool
+    seconds: float
+    error: str = ""
+    ema: float | None = None  # the pair's switch-cost average after this one
+    phases: dict | None = None  # drain / sleep / wake seconds
 
 
 class Observer:
-    def request_queued(self, model: str) -> None: ...
+    """Receives events; the default :meth:`emit` calls the method named ``event.kind``
+    (a no-op unless a subclass defines it)."""
 
-    def request_admitted(self, model: str, waited: float, queued: bool) -> None: ...
-
-    def request_left_queue(self, model: str, reason: str, waited: float) -> None: ...
-
-    def queue_depth_changed(self, model: str, depth: int) -> None: ...
-
-    def request_timeout(self, model: str, timeout_secs: float) -> None: ...
-
-    def in_flight_changed(self, model: str, in_flight: int) -> None: ...
-
-    def state_changed(self, model: str, state: str) -> None: ...
-
-    def switch_started(self, from_model: str | None, to_model: str) -> None: ...
-
-    def drain_started(self, from_model: str, to_model: str, in_flight: int) -> None: ...
-
-    def drain_finished(
-        self, from_model: str, to_model: str, seconds: float, completed: bool
-    ) -> None: ...
-
-    def alive_probe_failed(self, model: str, result: HookResult) -> None: ...
-
-    def hook_finished(self, model: str, result: HookResult) -> None: ...
-
-    def sleep_hook_failed(
-        self, model: str, to_model: str, error: str, still_alive: bool
-    ) -> None: ...
-
-    def model_deactivated(self, model: str, active_seconds: float) -> None: ...
-
-    def switch_retargeted(self, from_model: str | None, to_model: str, new_target: str) -> None: ...
-
-    def switch_abandoned(
-        self, from_model: str | None, to_model: str, reason: str, seconds: float
-    ) -> None: ...
-
-    def sleep_abandoned(self, model: str, reason: str, why: str) -> None: ...
-
-    def model_put_to_sleep(
-        self, model: str, reason: str, ok: bool, seconds: float, error: str = ""
-    ) -> None: ...
-
-    def switch_finished(
-        self,
-        from_model: str | None,
-        to_model: str,
-        ok: bool,
-        seconds: float,
-        error: str = "",
-        ema: float | None = None,
-        phases: dict | None = None,
-    ) -> None: ...
+    def emit(self, event: Event) -> None:
+        method = getattr(self, event.kind, None)
+        if method is not None:
+            method(*event.values())
 
 
 class Observers(Observer):
-    """Fans every event out to several observers, in order."""
+    """Fans every event out to several observers, in order; one that raises is logged
+    and the others still get the event."""
 
     def __init__(self, *observers: Observer):
         self.observers = observers
 
-
-def _fan_out(name: str):
-    def method(self, *args, **kwargs):
+    def emit(self, event: Event) -> None:
         for observer in self.observers:
-            getattr(observer, name)(*args, **kwargs)
-
-    method.__name__ = name
-    return method
-
-
-for _name in [n for n in vars(Observer) if not n.startswith("_")]:
-    setattr(Observers, _name, _fan_out(_name))
+            try:
+                observer.emit(event)
+            except Exception:
+                log.exception(
+                    "%s failed on %s",
+                    type(observer).__name__,
+                    event.kind,
+                    extra={"event": "observer_failed"},
+                )

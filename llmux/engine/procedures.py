@@ -24,6 +24,7 @@ import dataclasses
 import logging
 
 from ..errors import LlmuxError, ModelUnavailable, SwitchTimeout
+from . import events as ev
 from .effects import AwaitDrain, Call, Pause, Procedure, RunHook
 from .estimates import RunningSwitch
 from .hooks import HookResult
@@ -46,32 +47,33 @@ class Procedures:
         ``requested`` is False for a preload, which no waiter asked for. The
         switching slot is held and ``_running`` set (:meth:`_begin_switch`).
         """
-        with self._lock:
+        with self._locked:
             started = self._running.started
             source = self._active
-            self.observer.switch_started(source, target)
+            self._emit(ev.SwitchStarted(source, target))
             phases: dict[str, float] = {}
             if source is not None:
                 self._set_state(self._models[source], DRAINING)
         if source is not None:
             t0 = self.clock()
             deadline = self._drain_deadline(t0)
-            with self._lock:
-                self.observer.drain_started(source, target, self._models[source].in_flight)
+            with self._locked:
+                self._emit(ev.DrainStarted(source, target, self._models[source].in_flight))
             while True:
                 drained = True
                 if self.settings.drain_before_switch:
                     drained = yield AwaitDrain(source, requested, deadline)
                 phases["drain"] = self.clock() - t0
                 if not drained:
-                    self.observer.drain_finished(source, target, phases["drain"], False)
+                    with self._locked:
+                        self._emit(ev.DrainFinished(source, target, phases["drain"], False))
                     error = SwitchTimeout(
                         f"model '{source}' did not finish its requests within "
                         f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' abandoned",
                     )
                     self._abandon_switch(source, target, started, error, "drain timed out")
                     return
-                with self._lock:
+                with self._locked:
                     target = self._commit(source, source, target, started, requested, phases)
                     if target is None:
                         return
@@ -79,12 +81,13 @@ class Procedures:
                         continue  # it ended early, and a switch is wanted again: drain on
                     self._set_state(self._models[source], SLEEPING)
                 break
-            self.observer.drain_finished(source, target, phases["drain"], True)
+            with self._locked:
+                self._emit(ev.DrainFinished(source, target, phases["drain"], True))
             t0 = self.clock()
             if not (yield from self._put_to_sleep(source, target, started)):
                 return
             phases["sleep"] = self.clock() - t0
-        with self._lock:
+        with self._locked:
             target = self._commit(source, None, target, started, requested, phases)
             if target is None:
                 return
@@ -93,7 +96,7 @@ class Procedures:
             self._running = dataclasses.replace(self._running, wake_started=t0)
         failure = yield from self._wake(target)
         phases["wake"] = self.clock() - t0
-        with self._lock:
+        with self._locked:
             m = self._models[target]
             if failure is not None:
                 self._set_state(m, FAILED)
@@ -143,7 +146,7 @@ class Procedures:
             if wanted is None:
                 reason = "no request waits for it any more"
             elif wanted != target:
-                self.observer.switch_retargeted(source, target, wanted)
+                self._emit(ev.SwitchRetargeted(source, target, wanted))
                 target = wanted
                 # the estimate of the rest: a switch from where we are now
                 self._running = RunningSwitch(awake, wanted, self.clock())
@@ -155,7 +158,7 @@ class Procedures:
             self._admit_all(m)
         seconds = self.clock() - started
         self._record_switch(source, target, "abandoned", reason, seconds, phases)
-        self.observer.switch_abandoned(source, target, reason, seconds)
+        self._emit(ev.SwitchAbandoned(source, target, reason, seconds))
         self._free_slot()
         return None
 
@@ -204,8 +207,8 @@ class Procedures:
         m = self._models[source]
         result, still_alive = yield from self._sleep_hook(m.name)
         if not result.ok:
-            with self._lock:
-                self.observer.sleep_hook_failed(source, target, result.describe(), still_alive)
+            with self._locked:
+                self._emit(ev.SleepHookFailed(source, target, result.describe(), still_alive))
             if still_alive:
                 error = ModelUnavailable(
                     f"model '{target}' is unavailable: could not put '{source}' to sleep "
@@ -213,7 +216,7 @@ class Procedures:
                 )
                 self._abandon_switch(source, target, started, error, result.describe())
                 return False
-        with self._lock:
+        with self._locked:
             self._went_to_sleep(m)
         return True
 
@@ -222,7 +225,7 @@ class Procedures:
     ) -> None:
         """The old model keeps serving; the target's waiters get ``error``, with the
         estimate of a new attempt as its ``retry_after``."""
-        with self._lock:
+        with self._locked:
             m = self._models[source]
             self._set_state(m, AWAKE)
             self._running = None
@@ -260,20 +263,20 @@ class Procedures:
             result = yield RunHook(model, "alive")
             if result.ok or self.clock() >= deadline:
                 break
-            with self._lock:
-                self.observer.alive_probe_failed(model, result)
+            with self._locked:
+                self._emit(ev.AliveProbeFailed(model, result))
             yield Pause(min(interval, max(deadline - self.clock(), 0)))
             interval = min(interval * 1.5, ALIVE_MAX_INTERVAL)
         result = dataclasses.replace(result, duration=self.clock() - start)
-        with self._lock:
-            self.observer.hook_finished(model, result)
+        with self._locked:
+            self._emit(ev.HookFinished(model, result))
         return result
 
     def _hook(self, model: str, kind: str) -> Procedure:
         """Run one hook and report it; its :class:`HookResult`."""
         result = yield RunHook(model, kind)
-        with self._lock:
-            self.observer.hook_finished(model, result)
+        with self._locked:
+            self._emit(ev.HookFinished(model, result))
         return result
 
     def _sleep_hook(self, model: str) -> Procedure:
@@ -293,7 +296,7 @@ class Procedures:
         model being woken gets its sleep hook, best effort, and is ``failed``.
         A crashed switch fails its target's waiters.
         """
-        with self._lock:
+        with self._locked:
             running = self._running
             waking = [n for n, m in self._models.items() if m.state == WAKING]
         for name in waking:
@@ -301,7 +304,7 @@ class Procedures:
                 yield from self._hook(name, "sleep")
             except Exception:
                 log.exception("cleanup of %s failed", name, extra={"event": "switch_crashed"})
-        with self._lock:
+        with self._locked:
             for m in self._models.values():
                 if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
                     self._set_state(m, AWAKE)
@@ -328,7 +331,7 @@ class Procedures:
         error = ""
         abandoned = False
         try:
-            with self._lock:
+            with self._locked:
                 self._set_state(m, DRAINING)
             drained = True
             if self.settings.drain_before_switch:
@@ -336,7 +339,7 @@ class Procedures:
             if not drained:
                 error = "drain timed out"
             else:
-                with self._lock:
+                with self._locked:
                     abandoned = reason == "idle" and bool(m.waiters or m.in_flight)
                     if not abandoned:
                         self._set_state(m, SLEEPING)
@@ -350,7 +353,7 @@ class Procedures:
             log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
             error = "internal error"
         finally:  # whatever happened, the slot is freed and the model is in a real state
-            with self._lock:
+            with self._locked:
                 if error or abandoned or m.state == DRAINING:
                     self._set_state(m, AWAKE)
                     self._admit_all(m)
@@ -358,9 +361,9 @@ class Procedures:
                     self._went_to_sleep(m)
                 took = self.clock() - started
                 if abandoned:
-                    self.observer.sleep_abandoned(model, reason, "a request arrived")
+                    self._emit(ev.SleepAbandoned(model, reason, "a request arrived"))
                 else:
-                    self.observer.model_put_to_sleep(model, reason, not error, took, error)
+                    self._emit(ev.ModelPutToSleep(model, reason, not error, took, error))
                 self._free_slot()
         return m.state
 
@@ -373,7 +376,7 @@ class Procedures:
             awake = yield Call(prepare)
         except Exception:
             log.exception("start-up check failed", extra={"event": "startup_failed"})
-        with self._lock:
+        with self._locked:
             if awake in self._models:
                 m = self._models[awake]
                 self._set_state(m, AWAKE)
@@ -392,7 +395,7 @@ class Procedures:
         try:
             result = yield from self._hook(model, "alive")
         finally:
-            with self._lock:
+            with self._locked:
                 m = self._models[model]
                 if result is not None and not result.ok and self._active == model:
                     log.warning(

@@ -30,10 +30,12 @@ The timer (:meth:`tick`) acts on deadlines: the end of a failure backoff or of
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +50,7 @@ from ..errors import (
     SwitchTimeout,
 )
 from . import estimates
+from . import events as ev
 from .effects import AwaitDrain, Call, Effect, Pause, Procedure, RunHook, Runner, ThreadRunner
 from .events import Observer
 from .hooks import HookResult
@@ -123,6 +126,23 @@ class _Model:
     removed: bool = False  # by a reload; forgotten once asleep
 
 
+class _Section:
+    """``with switcher._locked:``: the lock held; on the way out, released, then the
+    events recorded meanwhile delivered."""
+
+    __slots__ = ("_switcher",)
+
+    def __init__(self, switcher: Switcher):
+        self._switcher = switcher
+
+    def __enter__(self) -> None:
+        self._switcher._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._switcher._lock.release()
+        self._switcher._deliver()
+
+
 class Switcher(Procedures):
     """Models' states, queues and in-flight counts, and the switching slot.
 
@@ -155,6 +175,10 @@ class Switcher(Procedures):
         self._drained = threading.Condition(self._lock)
         self._slot_free = threading.Condition(self._lock)
         self._timer = threading.Condition(self._lock)
+        self._locked = _Section(self)
+        # events recorded under the lock, delivered in order after it (one deliverer at a time)
+        self._outbox: deque[tuple[contextvars.Context, ev.Event]] = deque()
+        self._delivering = threading.Lock()
         idle_sleep = idle_sleep or {}
         self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
         self._active: str | None = None
@@ -190,7 +214,7 @@ class Switcher(Procedures):
         """
         if timeout is None:
             timeout = self.settings.request_timeout_secs
-        with self._lock:
+        with self._locked:
             entered = self._enter(model, queued)
             if isinstance(entered, Ticket):
                 return entered
@@ -209,13 +233,13 @@ class Switcher(Procedures):
         For callers that wait their own way (the engine harness); raises what
         :meth:`acquire` raises before it waits.
         """
-        with self._lock:
+        with self._locked:
             return self._enter(model, queued)
 
     def claim(self, waiter: Waiter) -> Ticket | None:
         """The ticket of an admitted ``waiter`` (once), None while it waits; raises the
         error that failed it (its switch failed, llmux shut down, its client left)."""
-        with self._lock:
+        with self._locked:
             return self._claim(waiter, self.clock())
 
     def _enter(self, model: str, queued) -> Ticket | Waiter:
@@ -226,7 +250,7 @@ class Switcher(Procedures):
             raise ModelNotFound(model)
         if m.state == AWAKE and not m.waiters:
             self._add_in_flight(m, 1)
-            self.observer.request_admitted(model, 0.0, False)
+            self._emit(ev.RequestAdmitted(model, 0.0, False))
             return Ticket(self._release, model, 0.0)
         limit = self.settings.max_queue_depth
         if limit is not None and len(m.waiters) >= limit:
@@ -237,8 +261,8 @@ class Switcher(Procedures):
         waiter = Waiter(model, self.clock(), wakeup=threading.Condition(self._lock))
         m.waiters.append(waiter)
         self._drained.notify_all()  # a drain re-asks: this waiter may make it unneeded
-        self.observer.request_queued(model)
-        self.observer.queue_depth_changed(model, len(m.waiters))
+        self._emit(ev.RequestQueued(model))
+        self._emit(ev.QueueDepthChanged(model, len(m.waiters)))
         try:
             if queued is not None:
                 queued(waiter)
@@ -254,7 +278,7 @@ class Switcher(Procedures):
         if not waiter.granted or waiter.claimed:
             return None
         waiter.claimed = True
-        self.observer.request_admitted(waiter.model, now - waiter.since, True)
+        self._emit(ev.RequestAdmitted(waiter.model, now - waiter.since, True))
         return Ticket(self._release, waiter.model, now - waiter.since)
 
     def _await(self, m, waiter, deadline, timeout, cancelled) -> Ticket:
@@ -266,7 +290,7 @@ class Switcher(Procedures):
                 return ticket
             if deadline is not None and now >= deadline:
                 self._leave_queue(m, waiter, "timeout")
-                self.observer.request_timeout(m.name, timeout)
+                self._emit(ev.RequestTimeout(m.name, timeout))
                 raise QueueTimeout(
                     f"waited {timeout:g}s for model '{m.name}' to become available",
                 )
@@ -276,7 +300,7 @@ class Switcher(Procedures):
             pause = CLIENT_POLL_SECS if cancelled is not None else QUEUE_WAIT_SECS
             if deadline is not None:
                 pause = min(pause, deadline - now)
-            waiter.wakeup.wait(max(pause, 0.001))
+            self._wait(waiter.wakeup, max(pause, 0.001))
 
     def cancel(self, waiter: Waiter) -> bool:
         """Take a queued request out of its queue: its client left.
@@ -285,21 +309,22 @@ class Switcher(Procedures):
         :class:`~llmux.errors.ClientGone`. False if it was no longer queued
         (admitted, failed, gone already): nothing changes then.
         """
-        with self._lock:
+        with self._locked:
             m = self._models.get(waiter.model)
             if m is None or waiter.granted or waiter.error is not None:
                 return False
             if not holds(m.waiters, waiter):
                 return False
             waiter.settle(error=ClientGone("client disconnected while queued"))
-            waiter.context.run(self._leave_queue, m, waiter, "client_gone")
+            self._leave_queue(m, waiter, "client_gone")
             return True
 
     def _leave_queue(self, m: _Model, waiter: Waiter, reason: str) -> None:
         if waiter in m.waiters:
             m.waiters.remove(waiter)
-            self.observer.request_left_queue(m.name, reason, self.clock() - waiter.since)
-            self.observer.queue_depth_changed(m.name, len(m.waiters))
+            waited = self.clock() - waiter.since
+            self._emit(ev.RequestLeftQueue(m.name, reason, waited), waiter.context)
+            self._emit(ev.QueueDepthChanged(m.name, len(m.waiters)))
             self._drained.notify_all()  # a drain for this waiter may serve nobody now
             self._reschedule()
 
@@ -312,12 +337,12 @@ class Switcher(Procedures):
             self._leave_queue(m, waiter, "cancelled")
 
     def _release(self, model: str) -> None:
-        with self._lock:
+        with self._locked:
             self._add_in_flight(self._models[model], -1)
 
     def _add_in_flight(self, m: _Model, delta: int) -> None:
         m.in_flight += delta
-        self.observer.in_flight_changed(m.name, m.in_flight)
+        self._emit(ev.InFlightChanged(m.name, m.in_flight))
         if m.in_flight == 0:
             m.last_used = self.clock()
             self._drained.notify_all()  # a drain may be waiting for exactly this
@@ -330,7 +355,7 @@ class Switcher(Procedures):
         waiters, m.waiters = m.waiters, []
         for waiter in waiters:
             waiter.settle()
-        self.observer.queue_depth_changed(m.name, 0)
+        self._emit(ev.QueueDepthChanged(m.name, 0))
         self._add_in_flight(m, len(waiters))
 
     def _fail_waiters(self, m: _Model, error: LlmuxError, reason: str) -> None:
@@ -338,9 +363,9 @@ class Switcher(Procedures):
         for waiter in waiters:
             waiter.settle(error=error)
             waited = self.clock() - waiter.since
-            waiter.context.run(self.observer.request_left_queue, m.name, reason, waited)
+            self._emit(ev.RequestLeftQueue(m.name, reason, waited), waiter.context)
         if waiters:
-            self.observer.queue_depth_changed(m.name, 0)
+            self._emit(ev.QueueDepthChanged(m.name, 0))
             self._drained.notify_all()
             self._reschedule()
 
@@ -378,7 +403,42 @@ class Switcher(Procedures):
         """Move ``m`` to ``state`` (lock held); staying where it is is no transition."""
         if m.state != state:
             m.state = transition(m.state, state)
-            self.observer.state_changed(m.name, state)
+            self._emit(ev.StateChanged(m.name, state))
+
+    # --- events: recorded under the lock, delivered after it ---
+
+    def _emit(self, event: ev.Event, context: contextvars.Context | None = None) -> None:
+        """Record ``event`` (lock held), to be delivered in ``context`` (default: the
+        caller's) once the lock is released."""
+        self._outbox.append((context or contextvars.copy_context(), event))
+
+    def _deliver(self) -> None:
+        """Hand every recorded event to the observer, oldest first (lock not held).
+
+        Callers queue on ``_delivering``, so when this returns every event recorded
+        before the call has been delivered, whichever thread delivered it.
+        """
+        with self._delivering:
+            while self._outbox:
+                context, event = self._outbox.popleft()
+                try:
+                    context.run(self.observer.emit, event)
+                except Exception:
+                    log.exception(
+                        "observer failed on %s", event.kind, extra={"event": "observer_failed"}
+                    )
+
+    def _wait(self, condition: threading.Condition, timeout: float) -> None:
+        """Wait on ``condition`` (lock held) for up to ``timeout`` seconds, but first
+        deliver what was recorded: then return at once, for the caller to look again."""
+        if self._outbox:
+            self._lock.release()
+            try:
+                self._deliver()
+            finally:
+                self._lock.acquire()
+            return
+        condition.wait(timeout)
 
     # --- the switching slot ---
 
@@ -405,7 +465,7 @@ class Switcher(Procedures):
             log.exception("%s crashed", name, extra={"event": "switch_crashed"})
             yield from self._recover()
         finally:
-            with self._lock:
+            with self._locked:
                 if self._switching and self._slot_epoch == epoch:
                     self._free_slot()
 
@@ -421,12 +481,12 @@ class Switcher(Procedures):
         if isinstance(effect, RunHook):
             return self.hooks.run(effect.model, effect.kind)
         if isinstance(effect, AwaitDrain):
-            with self._lock:
+            with self._locked:
                 while (outcome := self._drain_outcome(effect)) is None:
                     left = MAX_WAIT_SECS
                     if effect.deadline is not None:
                         left = min(left, effect.deadline - self.clock())
-                    self._drained.wait(max(left, 0.001))
+                    self._wait(self._drained, max(left, 0.001))
                 return outcome
         if isinstance(effect, Pause):
             time.sleep(effect.seconds)
@@ -440,7 +500,7 @@ class Switcher(Procedures):
     def tick(self) -> float | None:
         """Act on every deadline that has passed; when the next one falls (monotonic
         seconds), or None. Called by the timer thread, or by a harness with a fake clock."""
-        with self._lock:
+        with self._locked:
             return self._on_time(self.clock())
 
     def _on_time(self, now: float) -> float | None:
@@ -479,11 +539,11 @@ class Switcher(Procedures):
             self._timer.notify()
 
     def _timer_loop(self) -> None:
-        with self._lock:
+        with self._locked:
             while not self._closed:
                 due = self._timer_due = self._on_time(self.clock())
                 pause = TIMER_MAX_WAIT_SECS if due is None else due - self.clock()
-                self._timer.wait(min(max(pause, 0.001), TIMER_MAX_WAIT_SECS))
+                self._wait(self._timer, min(max(pause, 0.001), TIMER_MAX_WAIT_SECS))
 
     # --- estimates (lock held) ---
 
@@ -530,7 +590,7 @@ class Switcher(Procedures):
         seconds = self.clock() - started
         ema = self.costs.observe(source, target, seconds) if ok else None
         self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
-        self.observer.switch_finished(source, target, ok, seconds, error, ema, phases=phases)
+        self._emit(ev.SwitchFinished(source, target, ok, seconds, error, ema, phases=phases))
         self._free_slot()
 
     def _record_switch(self, source, target, result, error, seconds, phases) -> None:
@@ -551,7 +611,7 @@ class Switcher(Procedures):
         if self._active == m.name:
             self._active = None
         if m.awake_since is not None:
-            self.observer.model_deactivated(m.name, self.clock() - m.awake_since)
+            self._emit(ev.ModelDeactivated(m.name, self.clock() - m.awake_since))
         m.awake_since = None
         if m.removed:
             self._forget(m)
@@ -571,7 +631,7 @@ class Switcher(Procedures):
         which model a previous llmux left awake. Requests queue meanwhile. Then,
         if no model is awake, ``preload`` is woken as if a request had asked.
         """
-        with self._lock:
+        with self._locked:
             self._take_slot("start", self._start_up(prepare, preload), spawn=True)
 
     def backend_unreachable(self, model: str) -> None:
@@ -580,7 +640,7 @@ class Switcher(Procedures):
         If its ``alive`` hook fails, the model is taken as asleep, so the next
         request wakes it again instead of failing until someone restarts llmux.
         """
-        with self._lock:
+        with self._locked:
             if self._active != model or self._switching or self._closed:
                 return
             self._take_slot("recheck", self._recheck(model), spawn=True)
@@ -593,7 +653,7 @@ class Switcher(Procedures):
         arrive meanwhile queue, and wake the model again once it is asleep.
         """
         deadline = self.clock() + timeout
-        with self._lock:
+        with self._locked:
             m = self._models.get(model)
             if m is None or m.removed and reason != "reload":
                 raise ModelNotFound(model)
@@ -605,7 +665,7 @@ class Switcher(Procedures):
                         "put to sleep",
                         retry_after=self._retry_after_switch(),
                     )
-                self._slot_free.wait(min(left, MAX_WAIT_SECS))
+                self._wait(self._slot_free, min(left, MAX_WAIT_SECS))
             if self._active != model:
                 return m.state
             procedure = self._take_slot("sleep", self._retire(model, reason))
@@ -634,7 +694,7 @@ class Switcher(Procedures):
         so no model changes state between the check and the change. Both must
         be quick and must not call back into the switcher.
         """
-        with self._lock:
+        with self._locked:
             if check is not None:
                 check({n: str(m.state) for n, m in self._models.items()})
             if apply is not None:
@@ -647,7 +707,7 @@ class Switcher(Procedures):
                 m = self._models.get(name)
                 if m is None:
                     self._models[name] = _Model(name, idle_sleep_secs=secs)
-                    self.observer.state_changed(name, ASLEEP)
+                    self._emit(ev.StateChanged(name, ASLEEP))
                 else:
                     m.idle_sleep_secs, m.removed = secs, False
             still_awake = []
@@ -673,7 +733,7 @@ class Switcher(Procedures):
         the model's estimated wait in seconds (None: unknown, see :meth:`_eta`),
         and the fraction the model's wake hook printed (None if none).
         """
-        with self._lock:
+        with self._locked:
             m = self._models.get(waiter.model)
             queues = [q.waiters for q in self._models.values()]
             queued = m is not None and holds(m.waiters, waiter)
@@ -701,7 +761,7 @@ class Switcher(Procedures):
         requests as ``{"position", "waited_secs"}`` (position among all models'
         queued requests, by arrival).
         """
-        with self._lock:
+        with self._locked:
             now = self.clock()
             places = positions(m.waiters for m in self._models.values())
             return {
@@ -733,24 +793,24 @@ class Switcher(Procedures):
             }
 
     def state(self, model: str) -> str:
-        with self._lock:
+        with self._locked:
             m = self._models.get(model)
             return str(m.state) if m is not None else str(ASLEEP)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no switch or sleep runs; True if none does."""
         deadline = self.clock() + timeout
-        with self._lock:
+        with self._locked:
             while self._switching:
                 left = deadline - self.clock()
                 if left <= 0:
                     return False
-                self._slot_free.wait(min(left, MAX_WAIT_SECS))
+                self._wait(self._slot_free, min(left, MAX_WAIT_SECS))
         return True
 
     def close(self) -> None:
         """Refuse new requests and fail every queued one with ``shutting_down``."""
-        with self._lock:
+        with self._locked:
             self._closed = True
             for m in self._models.values():
                 self._fail_waiters(m, ShuttingDown("llmux is shutting down"), "shutdown")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmux.engine.effects import AwaitDrain, Call, Pause, Procedure, RunHook
-from llmux.engine.events import Observer
+from llmux.engine.events import Event, Observer, Observers
 from llmux.engine.hooks import HookResult
 from llmux.engine.states import TRANSITIONS, ModelState
 from llmux.engine.switcher import Switcher, SwitchSettings
@@ -52,24 +52,16 @@ class FakeClock:
 
 
 class Recorder(Observer):
-    """Keeps every event as ``(name, args)``."""
+    """Keeps every event as ``(kind, fields)``."""
 
     def __init__(self):
         self.events: list[tuple[str, tuple]] = []
 
-    def __getattribute__(self, name):
-        if name.startswith("_") or name in ("events", "of", "names"):
-            return object.__getattribute__(self, name)
-        if not hasattr(Observer, name):
-            raise AttributeError(name)
-        events = object.__getattribute__(self, "events")
-        return lambda *args, **kwargs: events.append((name, args + tuple(kwargs.values())))
+    def emit(self, event: Event) -> None:
+        self.events.append((event.kind, tuple(event.values())))
 
-    def of(self, name: str) -> list[tuple]:
-        return [args for n, args in self.events if n == name]
-
-    def names(self) -> list[str]:
-        return [n for n, _ in self.events]
+    def of(self, kind: str) -> list[tuple]:
+        return [fields for k, fields in self.events if k == kind]
 
 
 @dataclass
@@ -132,6 +124,7 @@ class Harness:
         idle: dict[str, float] | None = None,
         ready_timeout: float = 10.0,
         progress: dict[str, float] | None = None,
+        observers: Iterable[Observer] = (),
         **settings,
     ):
         self.clock = FakeClock()
@@ -148,7 +141,7 @@ class Harness:
             models,
             self,
             SwitchSettings(**settings),
-            observer=self.events,
+            observer=Observers(self.events, *observers),
             clock=self.clock,
             idle_sleep=idle,
             runner=self.runner,
@@ -207,7 +200,7 @@ class Harness:
 
     def sleep(self, model: str) -> None:
         """An operator puts ``model`` to sleep; the procedure is stepped like any other."""
-        with self.sw._lock:
+        with self.sw._locked:
             if self.sw._switching or self.sw._active != model:
                 raise AssertionError("the harness puts only the idle active model to sleep")
             procedure = self.sw._take_slot("sleep", self.sw._retire(model, "admin"))
@@ -294,7 +287,7 @@ class Harness:
                 return True
             return False
         if isinstance(effect, AwaitDrain):
-            with self.sw._lock:
+            with self.sw._locked:
                 outcome = self.sw._drain_outcome(effect)
             if outcome is not None:
                 self._resume(step, outcome, None)
