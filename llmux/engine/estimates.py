@@ -2,16 +2,20 @@
 loading progress and ``estimated_wait_secs``.
 
 Pure functions of what the switcher knows (its lock held by the caller): the
-running switch, the failure backoff and the measured switch costs
-(:class:`~llmux.engine.policy.SwitchCosts`). All times are monotonic seconds.
+running switch, the failure backoff and the measured switch costs (a mapping
+(from, to) -> average seconds, :data:`IDLE` as the from of a cold start; see
+:class:`~llmux.engine.policy.SwitchCosts`). All times are monotonic seconds.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .policy import SwitchCosts
+IDLE = "idle"  # the "from" of a cold start
+
+Costs = Mapping[tuple[str, str], float]
 
 
 @dataclass(frozen=True)
@@ -25,19 +29,18 @@ class RunningSwitch:
     wake_started: float | None = None
 
 
-def switch_cost(costs: SwitchCosts, start: str | None, to: str) -> float | None:
+def switch_cost(costs: Costs, start: str | None, to: str) -> float | None:
     """The average switch from ``start`` to ``to``, else the mean of the switches
     measured into ``to``, else of all switches; None before any was measured."""
-    cost = costs.get(start, to)
+    cost = costs.get((start or IDLE, to))
     if cost is not None:
         return cost
-    known = costs.snapshot()
-    into = [secs for (_, b), secs in known.items() if b == to] or list(known.values())
+    into = [secs for (_, b), secs in costs.items() if b == to] or list(costs.values())
     return sum(into) / len(into) if into else None
 
 
 def switch_left(
-    running: RunningSwitch, now: float, costs: SwitchCosts, fraction: float | None
+    running: RunningSwitch, now: float, costs: Costs, fraction: float | None
 ) -> float | None:
     """Seconds ``running`` still needs: from the fraction its wake hook printed
     (``LLMUX_PROGRESS``; None or 0: none yet) once it printed some, else from the
@@ -57,7 +60,7 @@ def eta(
     serving: bool,
     running: RunningSwitch | None,
     backoff_until: float,
-    costs: SwitchCosts,
+    costs: Costs,
     fraction: float | None,
 ) -> float | None:
     """Seconds until ``model`` could serve a request that arrives now; None: unknown.

@@ -193,15 +193,23 @@ class StateRecorder(Observer):
 
 
 def reconcile(
-    recorded: dict[str, str], models, run_hook, *, adopt: bool = False, prefer: str | None = None
+    recorded: dict[str, str],
+    models,
+    run_hook,
+    *,
+    adopt: bool = False,
+    prefer: str | None = None,
+    choose=None,
 ) -> str | None:
     """Find the model that is awake at start; keep one, put every other live one to sleep.
 
     Probes with ``alive`` the models a previous owner left not asleep, or with
     ``adopt`` every configured model (one started by hand, or by a service
-    manager). ``run_hook(model, kind)`` returns a HookResult. The model recorded
-    awake is preferred, then ``prefer`` (the preload), then config order; a
-    half-woken one is put to sleep unless it is the one kept.
+    manager). ``run_hook(model, kind)`` returns a HookResult. The live models
+    are ordered: the one recorded awake, then half-started ones, then ``prefer``
+    (the preload), then config order; ``choose(alive)`` (the policy's
+    ``keep_at_start``; default: the first) picks the one kept. A half-woken one
+    is put to sleep unless it is the one kept.
     """
     candidates = [m for m, state in recorded.items() if m in models and state != "asleep"]
     candidates.sort(key=lambda m: recorded[m] != "awake")  # the awake one first
@@ -213,7 +221,7 @@ def reconcile(
     if not candidates:
         return None
     alive = [m for m in candidates if run_hook(m, "alive").ok]
-    keep = alive[0] if alive else None
+    keep = choose(alive) if choose is not None else (alive[0] if alive else None)
     for model in candidates:
         if model != keep and (model in alive or recorded.get(model) in ("waking", "failed")):
             run_hook(model, "sleep")  # a second live model, or a half-started one

@@ -1,37 +1,67 @@
-"""Which model to serve next: a pure decision over a snapshot of the switcher.
+"""Every "what next" choice of the engine, as pure functions of a snapshot.
 
 Usage::
 
-    policy = FifoPolicy()
-    decision = policy.decide(snapshot)      # Stay() | SwitchTo("qwen") | WaitUntil(t)
+    policy = make_policy("fifo")        # policy.policy_type
+    policy.decide(snap)                 # Stay() | SwitchTo("qwen") | WaitUntil(t)
+    policy.admits(snap, "qwen")         # may requests for the awake "qwen" go in now?
+    policy.idle_due(snap)               # ("qwen", when) its idle sleep falls due, or None
+    policy.estimate(snap, "qwen")       # seconds until "qwen" could serve a new request
+    policy.keep_at_start(["a", "b"])    # which of the models found alive to keep
 
 The switcher builds a :class:`Snapshot` under its lock, asks the policy, and
-carries the decision out; the policy never touches switcher state, so it can be
-tested from tables and swapped without the switcher knowing which one runs.
+carries the answer out; a policy never touches switcher state, so it can be
+tested from tables and swapped (:func:`make_policy`) without the switcher
+knowing which one runs. What is mechanism, not choice, stays in the switcher:
+one switch at a time, a model's requests admitted in arrival order, the commit
+points of a switch (which call :meth:`Policy.decide` again).
 
 :class:`SwitchCosts` keeps the exponential moving average of switch durations
-per (from, to) pair that smarter policies (and the dashboard) use.
+per (from, to) pair; :class:`ServiceTimes` that of request service times per model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
 
-IDLE = "idle"  # the "from" of a cold start
+from . import estimates
+from .estimates import IDLE, RunningSwitch
+
+__all__ = ["IDLE", "FifoPolicy", "Policy", "Snapshot", "make_policy", "ServiceTimes", "SwitchCosts"]
+
+AWAKE = "awake"  # a model's state, as ModelState's value (the policy needs no enum)
 
 
 @dataclass(frozen=True)
 class Snapshot:
+    """What the switcher knows, at ``now`` (monotonic seconds).
+
+    The mappings are keyed by model name. ``queues`` gives, per model with
+    waiters, their arrival times, oldest first (a view: valid during the call
+    only). ``costs`` are switch-cost averages per (from, to) pair, "idle" as the
+    from of a cold start; ``service_secs`` the average time a request of the
+    model held its ticket; ``running`` the switch in the slot, with
+    ``wake_fraction`` its wake hook's printed progress.
+    """
+
     now: float
-    active: str | None  # the awake model, None when none is
+    active: str | None  # the model awake or being drained, None when none is
     awake_since: float | None
     in_flight: Mapping[str, int]
-    # per model, the enqueue times of its waiters, oldest first; models without waiters absent
-    queues: Mapping[str, tuple[float, ...]]
+    queues: Mapping[str, Sequence[float]]
     backoff_until: float = 0.0
     min_active_secs: float = 0.0
     costs: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    states: Mapping[str, str] = field(default_factory=dict)
+    last_used: Mapping[str, float] = field(default_factory=dict)
+    idle_sleep: Mapping[str, float | None] = field(default_factory=dict)
+    service_secs: Mapping[str, float] = field(default_factory=dict)
+    switching: bool = False
+    running: RunningSwitch | None = None
+    wake_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +84,34 @@ class WaitUntil:
 Decision = Stay | SwitchTo | WaitUntil
 
 
+class Policy(Protocol):
+    """What a policy answers; every method is pure and quick (the lock is held)."""
+
+    name: str
+
+    def decide(self, snap: Snapshot) -> Decision:
+        """Which model to switch to, and when."""
+
+    def admits(self, snap: Snapshot, model: str) -> bool:
+        """Whether requests for ``model``, awake, are admitted now (else they queue)."""
+
+    def idle_due(self, snap: Snapshot) -> tuple[str, float] | None:
+        """The model to put to sleep for being idle and when (monotonic seconds), or None."""
+
+    def estimate(self, snap: Snapshot, model: str) -> float | None:
+        """Seconds until ``model`` could serve a request arriving now; None: unknown."""
+
+    def keep_at_start(self, alive: Sequence[str]) -> str | None:
+        """Of the models found alive at start-up (most preferred first: the one recorded
+        awake, half-started ones, the preload, config order), the one to keep."""
+
+
 class FifoPolicy:
-    """Serve the model of the oldest waiter, as soon as backoff and residency allow."""
+    """Serve the model of the oldest waiter, as soon as backoff and residency allow.
+
+    Requests for the awake model are always admitted; the active model sleeps
+    after its ``idle_sleep_secs`` with nothing in flight and nobody waiting.
+    """
 
     name = "fifo"
 
@@ -74,11 +130,38 @@ class FifoPolicy:
                 return WaitUntil(resident_until)
         return SwitchTo(target)
 
+    def admits(self, snap: Snapshot, model: str) -> bool:
+        return snap.states.get(model) == AWAKE
+
+    def idle_due(self, snap: Snapshot) -> tuple[str, float] | None:
+        model = snap.active
+        idle = snap.idle_sleep.get(model) if model is not None else None
+        if not idle or snap.switching or snap.in_flight.get(model):
+            return None
+        if any(snap.queues.values()):
+            return None
+        return model, snap.last_used[model] + idle
+
+    def estimate(self, snap: Snapshot, model: str) -> float | None:
+        return estimates.eta(
+            model,
+            snap.now,
+            active=snap.active,
+            serving=snap.states.get(model) == AWAKE,
+            running=snap.running,
+            backoff_until=snap.backoff_until,
+            costs=snap.costs,
+            fraction=snap.wake_fraction,
+        )
+
+    def keep_at_start(self, alive: Sequence[str]) -> str | None:
+        return alive[0] if alive else None
+
 
 POLICIES = {FifoPolicy.name: FifoPolicy}
 
 
-def make_policy(name: str) -> FifoPolicy:
+def make_policy(name: str) -> Policy:
     """The policy ``policy.policy_type`` names; KeyError for an unknown one (the
     config's validator allows only names in :data:`POLICIES`)."""
     return POLICIES[name]()
@@ -93,6 +176,7 @@ class SwitchCosts:
     def __init__(self, alpha: float = 0.3):
         self.alpha = alpha
         self._ema: dict[tuple[str, str], float] = {}
+        self._view = MappingProxyType(self._ema)
 
     def observe(self, from_model: str | None, to_model: str, seconds: float) -> float:
         key = (from_model or IDLE, to_model)
@@ -106,3 +190,26 @@ class SwitchCosts:
 
     def snapshot(self) -> dict[tuple[str, str], float]:
         return dict(self._ema)
+
+    def view(self) -> Mapping[tuple[str, str], float]:
+        """The averages, read-only and live (no copy), for a :class:`Snapshot`."""
+        return self._view
+
+
+class ServiceTimes:
+    """Per-model exponential moving average of how long a request held its ticket
+    (admission to release: the backend's service time plus the client's reading),
+    in seconds; first sample as is, later ones weighted by ``alpha``."""
+
+    def __init__(self, alpha: float = 0.1):
+        self.alpha = alpha
+        self._ema: dict[str, float] = {}
+        self._view = MappingProxyType(self._ema)
+
+    def observe(self, model: str, seconds: float) -> None:
+        old = self._ema.get(model)
+        self._ema[model] = seconds if old is None else self.alpha * seconds + (1 - self.alpha) * old
+
+    def view(self) -> Mapping[str, float]:
+        """The averages, read-only and live, for a :class:`Snapshot`."""
+        return self._view

@@ -54,10 +54,10 @@ from . import events as ev
 from .effects import AwaitDrain, Call, Effect, Pause, Procedure, RunHook, Runner, ThreadRunner
 from .events import Observer
 from .hooks import HookResult
-from .policy import FifoPolicy, Snapshot, SwitchCosts, SwitchTo, WaitUntil
+from .policy import FifoPolicy, ServiceTimes, Snapshot, SwitchCosts, SwitchTo, WaitUntil
 from .procedures import Procedures
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
-from .waiters import Ticket, Waiter, ahead_of, holds, positions
+from .waiters import QueuesView, Ticket, Waiter, ahead_of, holds, positions
 
 __all__ = [
     "ASLEEP",
@@ -126,6 +126,25 @@ class _Model:
     removed: bool = False  # by a reload; forgotten once asleep
 
 
+class _PerModel(Mapping):
+    """Model name -> one attribute of its :class:`_Model`: a live view, no copy."""
+
+    __slots__ = ("_models", "_attr")
+
+    def __init__(self, models: Mapping[str, _Model], attr: str):
+        self._models = models
+        self._attr = attr
+
+    def __getitem__(self, name: str):
+        return getattr(self._models[name], self._attr)
+
+    def __iter__(self):
+        return iter(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
 class _Section:
     """``with switcher._locked:``: the lock held; on the way out, released, then the
     events recorded meanwhile delivered."""
@@ -168,6 +187,7 @@ class Switcher(Procedures):
         self.policy = policy or FifoPolicy()
         self.observer = observer or Observer()
         self.costs = costs or SwitchCosts()
+        self.service = ServiceTimes()
         self.clock = clock
         self.runner = runner or ThreadRunner(self._perform)
         # Built here, after gevent patched threading, so the lock is cooperative.
@@ -248,17 +268,18 @@ class Switcher(Procedures):
         m = self._models.get(model)
         if m is None or m.removed:
             raise ModelNotFound(model)
-        if m.state == AWAKE and not m.waiters:
+        now = self.clock()
+        if m.state == AWAKE and not m.waiters and self.policy.admits(self._snapshot(now), model):
             self._add_in_flight(m, 1)
             self._emit(ev.RequestAdmitted(model, 0.0, False))
-            return Ticket(self._release, model, 0.0)
+            return Ticket(self._release, model, 0.0, now)
         limit = self.settings.max_queue_depth
         if limit is not None and len(m.waiters) >= limit:
             raise QueueFull(
                 f"the queue for model '{model}' is full ({limit} waiting)",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(model, self.clock(), wakeup=threading.Condition(self._lock))
+        waiter = Waiter(model, now, wakeup=threading.Condition(self._lock))
         m.waiters.append(waiter)
         self._drained.notify_all()  # a drain re-asks: this waiter may make it unneeded
         self._emit(ev.RequestQueued(model))
@@ -279,7 +300,7 @@ class Switcher(Procedures):
             return None
         waiter.claimed = True
         self._emit(ev.RequestAdmitted(waiter.model, now - waiter.since, True))
-        return Ticket(self._release, waiter.model, now - waiter.since)
+        return Ticket(self._release, waiter.model, now - waiter.since, now)
 
     def _await(self, m, waiter, deadline, timeout, cancelled) -> Ticket:
         """Sleep on the waiter's own condition until it is settled or gives up (lock held)."""
@@ -336,9 +357,10 @@ class Switcher(Procedures):
         else:
             self._leave_queue(m, waiter, "cancelled")
 
-    def _release(self, model: str) -> None:
+    def _release(self, ticket: Ticket) -> None:
         with self._locked:
-            self._add_in_flight(self._models[model], -1)
+            self.service.observe(ticket.model, self.clock() - ticket.admitted_at)
+            self._add_in_flight(self._models[ticket.model], -1)
 
     def _add_in_flight(self, m: _Model, delta: int) -> None:
         m.in_flight += delta
@@ -351,6 +373,8 @@ class Switcher(Procedures):
     def _admit_all(self, m: _Model) -> None:
         """Admit every waiter of ``m`` if it is awake, in one step (lock held)."""
         if m.state != AWAKE or not m.waiters:
+            return
+        if not self.policy.admits(self._snapshot(self.clock()), m.name):
             return
         waiters, m.waiters = m.waiters, []
         for waiter in waiters:
@@ -372,18 +396,25 @@ class Switcher(Procedures):
     # --- deciding ---
 
     def _snapshot(self, now: float) -> Snapshot:
-        active = self._models[self._active] if self._active else None
+        """What the policy sees (lock held): live views, valid during the call only."""
+        models = self._models
+        active = models[self._active] if self._active else None
         return Snapshot(
             now=now,
             active=self._active,
             awake_since=active.awake_since if active else None,
-            in_flight={n: m.in_flight for n, m in self._models.items()},
-            queues={
-                n: tuple(w.since for w in m.waiters) for n, m in self._models.items() if m.waiters
-            },
+            in_flight=_PerModel(models, "in_flight"),
+            queues=QueuesView(models),
             backoff_until=self._backoff_until,
             min_active_secs=self.settings.min_active_secs,
-            costs=self.costs.snapshot(),
+            costs=self.costs.view(),
+            states=_PerModel(models, "state"),
+            last_used=_PerModel(models, "last_used"),
+            idle_sleep=_PerModel(models, "idle_sleep_secs"),
+            service_secs=self.service.view(),
+            switching=self._switching,
+            running=self._running,
+            wake_fraction=self._wake_fraction(),
         )
 
     def _kick(self) -> None:
@@ -392,12 +423,14 @@ class Switcher(Procedures):
             return
         if self._active is not None:
             self._admit_all(self._models[self._active])
-        decision = self.policy.decide(self._snapshot(self.clock()))
+        snap = self._snapshot(self.clock())
+        decision = self.policy.decide(snap)
         self._wake_at = decision.when if isinstance(decision, WaitUntil) else None
         if isinstance(decision, SwitchTo):
             self._begin_switch(decision.model)
             self._take_slot("switch", self._switch(decision.model), spawn=True)
-        self._reschedule()
+            snap = None  # its scalars (switching, running) are out of date now
+        self._reschedule(snap)
 
     def _set_state(self, m: _Model, state: ModelState) -> None:
         """Move ``m`` to ``state`` (lock held); staying where it is is no transition."""
@@ -418,6 +451,8 @@ class Switcher(Procedures):
         Callers queue on ``_delivering``, so when this returns every event recorded
         before the call has been delivered, whichever thread delivered it.
         """
+        if not self._outbox and not self._delivering.locked():
+            return  # nothing recorded and nobody delivering: nothing to wait for
         with self._delivering:
             while self._outbox:
                 context, event = self._outbox.popleft()
@@ -513,22 +548,21 @@ class Switcher(Procedures):
             self._take_slot("idle-sleep", self._retire(model, "idle"), spawn=True)
         return self._next_due()
 
-    def _idle_due(self) -> tuple[str | None, float | None]:
-        """The active model and when its idle time runs out, if it is idle (lock held)."""
-        m = self._models.get(self._active) if self._active else None
-        if m is None or self._switching or self._closed or not m.idle_sleep_secs:
+    def _idle_due(self, snap: Snapshot | None = None) -> tuple[str | None, float | None]:
+        """The model the policy would put to sleep for being idle, and when (lock held;
+        ``snap``: a snapshot of the state as it is now, if the caller has one)."""
+        if self._closed:
             return None, None
-        if m.in_flight or any(other.waiters for other in self._models.values()):
-            return None, None
-        return m.name, m.last_used + m.idle_sleep_secs
+        due = self.policy.idle_due(snap or self._snapshot(self.clock()))
+        return (None, None) if due is None else due
 
-    def _next_due(self) -> float | None:
-        dues = [self._wake_at, self._idle_due()[1]]
+    def _next_due(self, snap: Snapshot | None = None) -> float | None:
+        dues = [self._wake_at, self._idle_due(snap)[1]]
         return min((d for d in dues if d is not None), default=None)
 
-    def _reschedule(self) -> None:
+    def _reschedule(self, snap: Snapshot | None = None) -> None:
         """Wake the timer if a deadline now falls before the one it sleeps for (lock held)."""
-        due = self._next_due()
+        due = self._next_due(snap)
         if due is None:
             return
         if not self._timer_started:
@@ -548,20 +582,11 @@ class Switcher(Procedures):
     # --- estimates (lock held) ---
 
     def _eta(self, model: str, now: float) -> float | None:
-        """See :func:`llmux.engine.estimates.eta`; None for an unknown model."""
-        m = self._models.get(model)
-        if m is None:
+        """The policy's estimate (:meth:`~llmux.engine.policy.Policy.estimate`) of the
+        seconds until ``model`` could serve; None for an unknown model or estimate."""
+        if model not in self._models:
             return None
-        return estimates.eta(
-            model,
-            now,
-            active=self._active,
-            serving=m.state == AWAKE,
-            running=self._running,
-            backoff_until=self._backoff_until,
-            costs=self.costs,
-            fraction=self._wake_fraction(),
-        )
+        return self.policy.estimate(self._snapshot(now), model)
 
     def _wake_fraction(self) -> float | None:
         """The fraction the running switch's wake hook printed, if it runs and printed."""
@@ -580,7 +605,8 @@ class Switcher(Procedures):
         running = self._running
         left = None
         if running is not None:
-            left = estimates.switch_left(running, self.clock(), self.costs, self._wake_fraction())
+            fraction = self._wake_fraction()
+            left = estimates.switch_left(running, self.clock(), self.costs.view(), fraction)
         return estimates.whole_secs(left)
 
     # --- the state a switch leaves behind (lock held) ---

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import contextvars
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import LlmuxError
@@ -48,18 +48,21 @@ class Waiter:
 class Ticket:
     """The right to use one model until :meth:`release` (idempotent)."""
 
-    __slots__ = ("model", "waited", "_release", "_released")
+    __slots__ = ("model", "waited", "admitted_at", "_release", "_released")
 
-    def __init__(self, release: Callable[[str], None], model: str, waited: float):
+    def __init__(
+        self, release: Callable[[Ticket], None], model: str, waited: float, admitted_at: float
+    ):
         self.model = model
         self.waited = waited  # seconds in the queue
+        self.admitted_at = admitted_at  # monotonic seconds
         self._release = release
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._release(self.model)
+            self._release(self)
 
     def __enter__(self) -> Ticket:
         return self
@@ -92,3 +95,42 @@ def positions(queues: Iterable[list[Waiter]]) -> dict[Waiter, int]:
     """Every queued request's 1-based place among all queued ones, by arrival."""
     waiters = sorted((w for q in queues for w in q), key=_since)
     return {w: i for i, w in enumerate(waiters, 1)}
+
+
+class Arrivals(Sequence[float]):
+    """A queue's arrival times, oldest first: a live view, no copy."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: list[Waiter]):
+        self._queue = queue
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(w.since for w in self._queue[i])
+        return self._queue[i].since
+
+
+class QueuesView(Mapping[str, Sequence[float]]):
+    """Model -> :class:`Arrivals`, for the models with waiters: a live view of
+    ``models`` (name -> anything with a ``waiters`` list), for a policy's snapshot."""
+
+    __slots__ = ("_models",)
+
+    def __init__(self, models: Mapping):
+        self._models = models
+
+    def __getitem__(self, model: str) -> Sequence[float]:
+        queue = self._models[model].waiters
+        if not queue:
+            raise KeyError(model)
+        return Arrivals(queue)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, m in self._models.items() if m.waiters)
+
+    def __len__(self) -> int:
+        return sum(1 for m in self._models.values() if m.waiters)

@@ -94,6 +94,7 @@ class Gateway:
             self.hooks.run,
             adopt=startup.adopt,
             prefer=startup.preload,
+            choose=self.switcher.policy.keep_at_start,
         )
         self.ownership.record({awake: "awake"} if awake else {})
         return awake

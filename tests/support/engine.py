@@ -125,6 +125,7 @@ class Harness:
         ready_timeout: float = 10.0,
         progress: dict[str, float] | None = None,
         observers: Iterable[Observer] = (),
+        policy=None,
         **settings,
     ):
         self.clock = FakeClock()
@@ -142,6 +143,7 @@ class Harness:
             self,
             SwitchSettings(**settings),
             observer=Observers(self.events, *observers),
+            policy=policy,
             clock=self.clock,
             idle_sleep=idle,
             runner=self.runner,

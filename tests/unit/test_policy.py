@@ -51,3 +51,58 @@ def test_ema_first_sample_exact_then_alpha_point_three():
     assert costs.get("b", "a") is None
     costs.observe(None, "a", 4.0)
     assert costs.snapshot()[("idle", "a")] == 4.0
+
+
+AWAKE_A = dict(active="a", awake_since=50.0, states={"a": "awake", "b": "asleep"})
+
+
+@pytest.mark.parametrize(
+    "snapshot, model, expected",
+    [
+        (snap(**AWAKE_A), "a", True),
+        (snap(**AWAKE_A, queues={"b": (90.0,)}), "a", True),  # FIFO: others waiting change nothing
+        (snap(**AWAKE_A), "b", False),
+        (snap(active="a", states={"a": "draining"}), "a", False),
+    ],
+)
+def test_fifo_admits_every_request_for_the_awake_model(snapshot, model, expected):
+    assert FifoPolicy().admits(snapshot, model) is expected
+
+
+IDLE_A = dict(AWAKE_A, idle_sleep={"a": 30.0, "b": None}, last_used={"a": 80.0, "b": 0.0})
+
+
+@pytest.mark.parametrize(
+    "snapshot, expected",
+    [
+        (snap(**IDLE_A, in_flight={"a": 0}), ("a", 110.0)),  # 30 s after the last request ended
+        (snap(**IDLE_A, in_flight={"a": 2}), None),  # busy
+        (snap(**IDLE_A, in_flight={"a": 0}, queues={"b": (99.0,)}), None),  # others wait
+        (snap(**IDLE_A, in_flight={"a": 0}, switching=True), None),
+        (snap(**dict(IDLE_A, idle_sleep={"a": None}), in_flight={"a": 0}), None),
+        (snap(), None),  # nothing awake
+    ],
+)
+def test_fifo_idle_sleep(snapshot, expected):
+    assert FifoPolicy().idle_due(snapshot) == expected
+
+
+def test_fifo_estimates_from_costs_backoff_and_the_running_switch():
+    from llmux.engine.estimates import RunningSwitch
+
+    policy = FifoPolicy()
+    costs = {("a", "b"): 10.0, ("idle", "a"): 4.0}
+    assert policy.estimate(snap(**AWAKE_A, costs=costs), "a") == 0.0
+    assert policy.estimate(snap(**AWAKE_A, costs=costs), "b") == 10.0
+    assert policy.estimate(snap(**AWAKE_A), "b") is None  # nothing measured yet
+    assert policy.estimate(snap(**AWAKE_A, costs=costs, backoff_until=103.0), "b") == 13.0
+    running = RunningSwitch("a", "b", started=96.0)
+    during = snap(active="a", states={"a": "draining"}, costs=costs, running=running)
+    assert policy.estimate(during, "b") == 6.0  # 10 s average, 4 s spent
+    woke = RunningSwitch("a", "b", started=90.0, wake_started=98.0)
+    assert policy.estimate(snap(costs=costs, running=woke, wake_fraction=0.25), "b") == 6.0
+
+
+def test_fifo_keeps_the_first_live_model_in_preference_order():
+    assert FifoPolicy().keep_at_start(["b", "a"]) == "b"
+    assert FifoPolicy().keep_at_start([]) is None
