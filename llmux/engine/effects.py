@@ -67,6 +67,9 @@ class Runner(Protocol):
     def background(self, name: str, loop: Callable[[], None]) -> None:
         """Run ``loop`` (the switcher's deadline timer) for the switcher's life."""
 
+    def condition(self, lock: threading.Lock) -> threading.Condition:
+        """A condition on the switcher's ``lock`` (the harness's records notifications)."""
+
 
 class ThreadRunner:
     """Runs procedures in threads (greenlets under gevent), performing effects with
@@ -90,6 +93,12 @@ class ThreadRunner:
                 value, error = self.perform(effect), None
             except Exception as exc:  # thrown into the procedure, which decides
                 value, error = None, exc
+            except BaseException:  # this thread is being killed: the procedure's
+                procedure.close()  # finally blocks still free what it holds
+                raise
 
     def background(self, name: str, loop: Callable[[], None]) -> None:
         threading.Thread(target=loop, name=name, daemon=True).start()
+
+    def condition(self, lock: threading.Lock) -> threading.Condition:
+        return threading.Condition(lock)

@@ -192,9 +192,9 @@ class Switcher(Procedures):
         self.runner = runner or ThreadRunner(self._perform)
         # Built here, after gevent patched threading, so the lock is cooperative.
         self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
-        self._slot_free = threading.Condition(self._lock)
-        self._timer = threading.Condition(self._lock)
+        self._drained = self.runner.condition(self._lock)
+        self._slot_free = self.runner.condition(self._lock)
+        self._timer = self.runner.condition(self._lock)
         self._locked = _Section(self)
         # events recorded under the lock, delivered in order after it (one deliverer at a time)
         self._outbox: deque[tuple[contextvars.Context, ev.Event]] = deque()
@@ -234,17 +234,25 @@ class Switcher(Procedures):
         """
         if timeout is None:
             timeout = self.settings.request_timeout_secs
-        with self._locked:
-            entered = self._enter(model, queued)
-            if isinstance(entered, Ticket):
-                return entered
-            m = self._models[model]
-            deadline = None if timeout is None else entered.since + timeout
-            try:
-                return self._await(m, entered, deadline, timeout, cancelled)
-            except BaseException:
-                self._abandon(m, entered)
-                raise
+        ticket = None
+        try:
+            with self._locked:
+                entered = self._enter(model, queued)
+                if isinstance(entered, Ticket):
+                    ticket = entered
+                else:
+                    m = self._models[model]
+                    deadline = None if timeout is None else entered.since + timeout
+                    try:
+                        ticket = self._await(m, entered, deadline, timeout, cancelled)
+                    except BaseException:
+                        self._abandon(m, entered)
+                        raise
+        except BaseException:
+            if ticket is not None:  # delivering events on the way out was interrupted
+                ticket.release()
+            raise
+        return ticket
 
     def enter(self, model: str, *, queued: Callable[[Waiter], None] | None = None):
         """Admit a request at once (a :class:`Ticket`) or queue it (its :class:`Waiter`),
@@ -279,7 +287,7 @@ class Switcher(Procedures):
                 f"the queue for model '{model}' is full ({limit} waiting)",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(model, now, wakeup=threading.Condition(self._lock))
+        waiter = Waiter(model, now, wakeup=self.runner.condition(self._lock))
         m.waiters.append(waiter)
         self._drained.notify_all()  # a drain re-asks: this waiter may make it unneeded
         self._emit(ev.RequestQueued(model))
@@ -345,7 +353,7 @@ class Switcher(Procedures):
             m.waiters.remove(waiter)
             waited = self.clock() - waiter.since
             self._emit(ev.RequestLeftQueue(m.name, reason, waited), waiter.context)
-            self._emit(ev.QueueDepthChanged(m.name, len(m.waiters)))
+            self._emit(ev.QueueDepthChanged(m.name, len(m.waiters)), waiter.context)
             self._drained.notify_all()  # a drain for this waiter may serve nobody now
             self._reschedule()
 
@@ -443,30 +451,38 @@ class Switcher(Procedures):
     def _emit(self, event: ev.Event, context: contextvars.Context | None = None) -> None:
         """Record ``event`` (lock held), to be delivered in ``context`` (default: the
         caller's) once the lock is released."""
-        self._outbox.append((context or contextvars.copy_context(), event))
+        if context is None:
+            context = contextvars.copy_context()
+        self._outbox.append((context, event))
 
     def _deliver(self) -> None:
         """Hand every recorded event to the observer, oldest first (lock not held).
 
-        Callers queue on ``_delivering``, so when this returns every event recorded
-        before the call has been delivered, whichever thread delivered it.
+        One deliverer at a time, so order is kept. A caller that finds another
+        delivering leaves its events to it and goes on: the deliverer looks at
+        the outbox again after letting go, so none is left behind, and a slow
+        observer holds up only the one delivering.
         """
-        if not self._outbox and not self._delivering.locked():
-            return  # nothing recorded and nobody delivering: nothing to wait for
-        with self._delivering:
-            while self._outbox:
-                context, event = self._outbox.popleft()
-                try:
-                    context.run(self.observer.emit, event)
-                except Exception:
-                    log.exception(
-                        "observer failed on %s", event.kind, extra={"event": "observer_failed"}
-                    )
+        while self._outbox:
+            if not self._delivering.acquire(blocking=False):
+                return
+            try:
+                while self._outbox:
+                    context, event = self._outbox.popleft()
+                    try:
+                        context.run(self.observer.emit, event)
+                    except Exception:
+                        log.exception(
+                            "observer failed on %s", event.kind, extra={"event": "observer_failed"}
+                        )
+            finally:
+                self._delivering.release()
 
     def _wait(self, condition: threading.Condition, timeout: float) -> None:
-        """Wait on ``condition`` (lock held) for up to ``timeout`` seconds, but first
-        deliver what was recorded: then return at once, for the caller to look again."""
-        if self._outbox:
+        """Wait on ``condition`` (lock held) for up to ``timeout`` seconds; but if events
+        wait to be delivered and nobody delivers them, deliver them instead and
+        return at once, for the caller to look again."""
+        if self._outbox and not self._delivering.locked():
             self._lock.release()
             try:
                 self._deliver()
@@ -498,7 +514,10 @@ class Switcher(Procedures):
             return (yield from procedure)
         except Exception:  # never leave the switcher wedged in "switching"
             log.exception("%s crashed", name, extra={"event": "switch_crashed"})
-            yield from self._recover()
+            with self._locked:
+                ours = self._switching and self._slot_epoch == epoch
+            if ours:  # else it crashed after freeing the slot, maybe taken again since
+                yield from self._recover()
         finally:
             with self._locked:
                 if self._switching and self._slot_epoch == epoch:
@@ -533,10 +552,12 @@ class Switcher(Procedures):
     # --- deadlines: one timer for backoff, residency and idle sleep ---
 
     def tick(self) -> float | None:
-        """Act on every deadline that has passed; when the next one falls (monotonic
-        seconds), or None. Called by the timer thread, or by a harness with a fake clock."""
+        """One pass of the timer: act on every deadline that has passed; when the next
+        one falls (monotonic seconds), or None. The timer thread's body; a harness
+        with a fake clock calls it itself."""
         with self._locked:
-            return self._on_time(self.clock())
+            self._timer_due = self._on_time(self.clock())
+            return self._timer_due
 
     def _on_time(self, now: float) -> float | None:
         if self._closed:
@@ -557,7 +578,8 @@ class Switcher(Procedures):
         return (None, None) if due is None else due
 
     def _next_due(self, snap: Snapshot | None = None) -> float | None:
-        dues = [self._wake_at, self._idle_due(snap)[1]]
+        # while the slot is taken, a WaitUntil waits for it too: freeing it asks again
+        dues = [None if self._switching else self._wake_at, self._idle_due(snap)[1]]
         return min((d for d in dues if d is not None), default=None)
 
     def _reschedule(self, snap: Snapshot | None = None) -> None:
@@ -573,11 +595,18 @@ class Switcher(Procedures):
             self._timer.notify()
 
     def _timer_loop(self) -> None:
-        with self._locked:
-            while not self._closed:
-                due = self._timer_due = self._on_time(self.clock())
+        while not self._closed:
+            try:
+                due = self.tick()
+            except Exception:  # the one timer must outlive a bad policy answer
+                log.exception("timer pass failed", extra={"event": "timer_failed"})
+                due = self.clock() + MAX_WAIT_SECS
+            with self._locked:
+                if self._closed:
+                    return
                 pause = TIMER_MAX_WAIT_SECS if due is None else due - self.clock()
-                self._wait(self._timer, min(max(pause, 0.001), TIMER_MAX_WAIT_SECS))
+                if self._timer_due == due:  # else a new deadline came meanwhile: look now
+                    self._wait(self._timer, min(max(pause, 0.001), TIMER_MAX_WAIT_SECS))
 
     # --- estimates (lock held) ---
 
@@ -679,22 +708,31 @@ class Switcher(Procedures):
         arrive meanwhile queue, and wake the model again once it is asleep.
         """
         deadline = self.clock() + timeout
-        with self._locked:
-            m = self._models.get(model)
-            if m is None or m.removed and reason != "reload":
-                raise ModelNotFound(model)
-            while self._switching:
-                left = deadline - self.clock()
-                if left <= 0:
-                    raise SwitchTimeout(
-                        f"a switch was still running after {timeout:g}s; '{model}' was not "
-                        "put to sleep",
-                        retry_after=self._retry_after_switch(),
-                    )
-                self._wait(self._slot_free, min(left, MAX_WAIT_SECS))
-            if self._active != model:
-                return m.state
-            procedure = self._take_slot("sleep", self._retire(model, reason))
+        procedure = None
+        try:
+            with self._locked:
+                m = self._models.get(model)
+                if m is None or m.removed and reason != "reload":
+                    raise ModelNotFound(model)
+                while self._switching:
+                    left = deadline - self.clock()
+                    if left <= 0:
+                        raise SwitchTimeout(
+                            f"a switch was still running after {timeout:g}s; '{model}' was not "
+                            "put to sleep",
+                            retry_after=self._retry_after_switch(),
+                        )
+                    self._wait(self._slot_free, min(left, MAX_WAIT_SECS))
+                if self._active != model:
+                    return m.state
+                procedure = self._take_slot("sleep", self._retire(model, reason))
+                epoch = self._slot_epoch
+        except BaseException:
+            if procedure is not None:  # interrupted on the way out, before it ran
+                with self._locked:
+                    if self._switching and self._slot_epoch == epoch:
+                        self._free_slot()
+            raise
         return self.runner.run(procedure)
 
     # --- a reloaded config ---

@@ -11,21 +11,28 @@ Usage::
     h.release(r)
     h.advance(30)                      # 30 fake seconds: timers fire
 
-The switcher runs unchanged; only its runner and clock are the harness's. A
-procedure the switcher starts is stepped, outside the lock, until it yields
-something the test must answer: a ``wake`` or ``sleep`` hook (``alive`` is
-answered from the set of models whose wake succeeded and whose sleep did not,
-unless ``alive_override`` says otherwise), a :class:`Pause` not yet over on the
-fake clock, or a drain not yet done. After every step the harness checks the
-engine's invariants: never two models up, in-flight counts equal the tickets
-held, the switching slot taken exactly while a procedure runs, and every state
-change a legal transition.
+The switcher runs unchanged; only its runner, clock and conditions are the
+harness's. A procedure the switcher starts is stepped, outside the lock, until
+it yields something the test must answer: a ``wake`` or ``sleep`` hook
+(``alive`` is answered from the set of models whose wake succeeded and whose
+sleep did not, unless ``alive_override`` says otherwise), a :class:`Pause` not
+yet over on the fake clock, or a drain not yet done. Nothing polls: a drain is
+looked at again only when the engine notified ``_drained`` or its deadline came,
+a queued request only when its own condition was notified, the timer only when
+notified or due, so a forgotten notification leaves a scenario stuck and its
+test fails. After every step the harness checks the engine's invariants: never
+two models up, in-flight counts equal the tickets held, the switching slot taken
+exactly while a procedure runs, and every state change a legal transition.
+
+Not covered here, and covered by the threaded tests (tests/unit/test_switcher*.py):
+``acquire``'s own waiting (timeouts, ``cancelled`` probes), ``Switcher.sleep``'s
+wait for the slot, and ``ThreadRunner``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from llmux.engine.effects import AwaitDrain, Call, Pause, Procedure, RunHook
@@ -70,6 +77,7 @@ class _Step:
     procedure: Procedure
     effect: Any = None
     started: bool = False
+    fresh: bool = False  # its effect was just yielded: looked at once before waiting
     until: float | None = None  # of a Pause
 
 
@@ -92,12 +100,37 @@ class Request:
         return self.ticket is None and self.error is None
 
 
+class FlagCondition:
+    """The harness's condition: nobody waits on it; :meth:`notify` raises a flag that
+    the harness takes down when it acts on it. So a waiter, a drain or the timer
+    moves on only when the engine notified it, as in production, and a
+    notification the engine forgot shows as a scenario that never moves on."""
+
+    def __init__(self, lock=None):
+        self.notified = False
+
+    def notify(self, n: int = 1) -> None:
+        self.notified = True
+
+    def notify_all(self) -> None:
+        self.notified = True
+
+    def wait(self, timeout=None) -> bool:
+        raise AssertionError("nothing waits in the harness")
+
+    def take(self) -> bool:
+        """Whether it was notified since the last take."""
+        was, self.notified = self.notified, False
+        return was
+
+
 class StepRunner:
-    """The switcher's runner in the harness: procedures are kept, not run."""
+    """The switcher's runner in the harness: procedures are kept, not run, and the
+    timer is not a thread (the harness ticks when it is due or notified)."""
 
     def __init__(self):
         self.steps: list[_Step] = []
-        self.timer_wanted = False
+        self.timer_started = False
 
     def spawn(self, name: str, procedure: Procedure) -> None:
         self.steps.append(_Step(name, procedure))
@@ -106,14 +139,10 @@ class StepRunner:
         raise NotImplementedError("the harness runs nothing inline; use Harness.sleep")
 
     def background(self, name: str, loop) -> None:
-        self.timer_wanted = True  # the harness calls tick() itself
+        self.timer_started = True  # its first pass runs at once
 
-
-@dataclass
-class _Hook:
-    model: str
-    kind: str
-    step: _Step = field(repr=False)
+    def condition(self, lock) -> FlagCondition:
+        return FlagCondition(lock)
 
 
 class Harness:
@@ -138,6 +167,7 @@ class Harness:
         self._ready_timeout = ready_timeout
         self.requests: list[Request] = []
         self._states: dict[str, str] = {}
+        self._timer_ran = False
         self.sw = Switcher(
             models,
             self,
@@ -172,6 +202,7 @@ class Harness:
         else:
             r.waiter = got
         self.requests.append(r)
+        self._collect(fresh=r)
         self.settle()
         return r
 
@@ -250,18 +281,32 @@ class Harness:
         ]
 
     def settle(self) -> None:
-        """Step every procedure and the timer until all wait for the test."""
+        """Step the timer, every procedure and every waiter until all wait for the test,
+        checking the invariants after each step."""
         for _ in range(10_000):
-            moved = False
-            self.sw.tick()
-            self._collect()
+            moved = self._tick_if_due()
             for step in list(self.runner.steps):
                 if self._try_step(step):
                     moved = True
+                    self.check()
+            moved = self._collect() or moved
             if not moved:
                 self.check()
                 return
-        raise AssertionError("the engine never settled")
+        raise AssertionError("the engine never settled (a timer or procedure spins)")
+
+    def _tick_if_due(self) -> bool:
+        """Run the timer's pass when it was notified or its deadline came, as its thread would."""
+        if not self.runner.timer_started:
+            return False
+        first = not self._timer_ran
+        due = self.sw._timer_due
+        if not (first or self.sw._timer.take() or (due is not None and self.clock.now >= due)):
+            return False
+        self._timer_ran = True
+        self.sw.tick()
+        self.check()
+        return True
 
     def _try_step(self, step: _Step) -> bool:
         if not step.started:
@@ -269,6 +314,7 @@ class Harness:
             self._resume(step, None, None)
             return True
         effect = step.effect
+        fresh, step.fresh = step.fresh, False
         if isinstance(effect, RunHook) and effect.kind == "alive":
             ok = self.alive_override.get(effect.model, effect.model in self.up)
             self._resume(step, HookResult("alive", 0 if ok else 1, 0.0), None)
@@ -289,6 +335,11 @@ class Harness:
                 return True
             return False
         if isinstance(effect, AwaitDrain):
+            # looked at when yielded, when notified, and when its deadline comes
+            notified = self.sw._drained.take()
+            late = effect.deadline is not None and self.clock.now >= effect.deadline
+            if not (fresh or notified or late):
+                return False
             with self.sw._locked:
                 outcome = self.sw._drain_outcome(effect)
             if outcome is not None:
@@ -305,24 +356,37 @@ class Harness:
         except StopIteration:
             self.runner.steps.remove(step)
             return
+        step.fresh = True
         if isinstance(step.effect, RunHook):
             self.calls.append((step.effect.model, step.effect.kind))
 
-    def _collect(self) -> None:
-        """Requests whose waiter was admitted or failed get their ticket or error."""
+    def _collect(self, fresh: Request | None = None) -> bool:
+        """Requests whose waiter was notified (or ``fresh``, just queued) get their
+        ticket or error, as a waiting ``acquire`` would; True if any did."""
+        moved = False
         for r in self.requests:
-            if r.waiter is not None and r.queued:
-                try:
-                    r.ticket = self.sw.claim(r.waiter)
-                except LlmuxError as exc:
-                    r.error = exc
+            if r.waiter is None or not r.queued:
+                continue
+            if not (r is fresh or r.waiter.wakeup.take()):
+                continue
+            try:
+                r.ticket = self.sw.claim(r.waiter)
+            except LlmuxError as exc:
+                r.error = exc
+            moved = moved or not r.queued
+        return moved
 
     def check(self) -> None:
-        """The invariants, after every step."""
+        """The invariants: never two models up; in-flight counts equal the tickets held
+        (a waiter admitted but not yet woken counts); the slot taken exactly while a
+        procedure runs; every state change a transition of TRANSITIONS."""
         assert len(self.up) <= 1, f"two models up at once: {self.up}"
         status = self.sw.status()
         for name, m in status["models"].items():
-            held = sum(r.model == name and r.admitted and not r.released for r in self.requests)
+            held = sum(
+                r.model == name and (r.admitted and not r.released or r.queued and r.waiter.granted)
+                for r in self.requests
+            )
             assert m["in_flight"] == held, f"{name}: in flight {m['in_flight']}, tickets {held}"
         assert status["switching"] == bool(self.runner.steps), (
             f"switching={status['switching']} with procedures {self.runner.steps}"
@@ -333,6 +397,8 @@ class Harness:
                 f"{model}: {before} -> {state} is not a transition"
             )
             self._states[model] = state
+        for model in set(self._states) - set(status["models"]):
+            del self._states[model]  # forgotten after a reload; a new one starts asleep
 
     def _state_changes(self):
         seen = getattr(self, "_seen", 0)

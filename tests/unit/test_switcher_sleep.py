@@ -5,6 +5,7 @@ Runs under plain threads and, in tox's gevent env, under greenlets.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -128,3 +129,28 @@ def test_preload_is_skipped_when_a_model_is_already_awake():
     wait_for(lambda: not sw.status()["switching"])
     time.sleep(0.05)
     assert sw.status()["active"] == "a" and hooks.calls == []
+
+
+def test_the_timer_outlives_a_policy_that_raises_once():
+    from llmux.engine.policy import FifoPolicy
+
+    class Flaky(FifoPolicy):
+        failed = False
+
+        def idle_due(self, snap):
+            due = super().idle_due(snap)
+            if (
+                due is not None
+                and not self.failed
+                and threading.current_thread().name == ("llmux-timer")
+            ):
+                self.failed = True
+                raise RuntimeError("a bad answer, once")
+            return due
+
+    policy = Flaky()
+    hooks = FakeHooks()
+    sw = Switcher(MODELS, hooks, SwitchSettings(), policy=policy, idle_sleep={"a": 0.05})
+    sw.acquire("a", timeout=5).release()
+    wait_for(lambda: sw.state("a") == ASLEEP, timeout=10)
+    assert policy.failed, "the timer's pass really raised"

@@ -104,3 +104,13 @@ def test_events_are_frozen_values_with_one_kind_each():
     else:
         raise AssertionError("an event could be changed after it was emitted")
     assert event.values() == ["a", "b", True, 1.5, "", None, None]
+
+
+def test_the_switcher_survives_its_own_observer_raising(caplog):
+    h = Harness()
+    h.sw.observer = Exploding()  # not behind Observers: the switcher's own catch
+    with caplog.at_level(logging.ERROR, logger="llmux.switcher"):
+        r = h.request("a")
+        h.finish("a", "wake")
+    assert r.admitted and h.state("a") == "awake" and not h.switching
+    assert any("observer failed on switch_finished" in rec.getMessage() for rec in caplog.records)

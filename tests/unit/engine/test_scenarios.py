@@ -459,3 +459,33 @@ def test_illegal_transitions_raise():
         transition(ModelState.ASLEEP, ModelState.SLEEPING)
     with pytest.raises(IllegalTransition):
         transition(ModelState.FAILED, ModelState.AWAKE)
+
+
+def test_a_residency_wait_outlasted_by_an_operator_sleep_does_not_spin_the_timer():
+    h = Harness(min_active_secs=10.0)
+    awake(h, "a")
+    held = h.request("a")
+    b = h.request("b")  # the policy says: wait until a's residency ends
+    h.cancel(b)
+    h.sleep("a")  # the slot is taken, and a drains for as long as `held` lasts
+    h.advance(60)  # past the residency: the harness fails if the timer spins
+    assert h.state("a") == "draining"
+    h.release(held)
+    h.finish("a", "sleep")
+    assert h.state("a") == "asleep" and not h.switching
+
+
+def test_a_failed_model_removed_and_added_again_starts_asleep():
+    h = Harness(("a", "b"), failure_backoff_secs=0.0)
+    r = h.request("b")
+    h.finish("b", "wake", rc=1)
+    h.finish("b", "sleep")
+    assert isinstance(r.error, ModelUnavailable) and h.state("b") == "failed"
+    h.sw.reconfigure({"a": None})
+    h.settle()
+    h.sw.reconfigure({"a": None, "b": None})
+    h.settle()
+    assert h.state("b") == "asleep"
+    again = h.request("b")
+    h.finish("b", "wake")
+    assert again.admitted
