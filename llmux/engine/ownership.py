@@ -99,11 +99,6 @@ class Ownership:
         except (OSError, ValueError):
             return None
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
-
     # --- the state file ---
 
     def record(self, states: dict[str, str], hook_groups: list[int] | None = None) -> None:

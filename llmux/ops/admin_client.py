@@ -17,8 +17,6 @@ import time
 import urllib.error
 import urllib.request
 
-WIDE_STATE = 9
-
 
 class AdminError(Exception):
     """The admin API could not be reached, or answered with an error."""

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
-import runpy
 import sys
 
-from gunicorn.app.base import BaseApplication
+from gunicorn.app.base import Application
 
 from ..config import ConfigError, load_config
 from ..netaddr import is_loopback
@@ -150,7 +149,7 @@ def sleep_active_on_exit(server, worker) -> None:
         log.exception("sleep on exit failed", extra={"event": "sleep_on_exit_failed"})
 
 
-class LlmuxServer(BaseApplication):
+class LlmuxServer(Application):
     """gunicorn run in-process by ``llmux serve``."""
 
     def __init__(
@@ -172,17 +171,22 @@ class LlmuxServer(BaseApplication):
         self.verbose = verbose
         super().__init__()
 
+    def init(self, parser, opts, args):
+        """gunicorn's own command line is not read: ``llmux serve`` has its own."""
+        return None
+
     def load_config(self) -> None:
-        settings = gunicorn_settings(self.log_format)
-        if self.gunicorn_config and os.path.exists(self.gunicorn_config):
-            settings.update(runpy.run_path(self.gunicorn_config))
-        settings.update(
-            bind=[self.bind],
-            logconfig_dict=logging_config(self.log_format, "DEBUG" if self.verbose else "INFO"),
-        )
-        for key, value in settings.items():
+        """llmux's gunicorn settings, then the gunicorn config file if one is given
+        (gunicorn's own loader, so its errors read as gunicorn's), then the bind
+        address and logging, which ``llmux serve`` decides."""
+        for key, value in gunicorn_settings(self.log_format).items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
+        if self.gunicorn_config:
+            self.load_config_from_file(self.gunicorn_config)
+        self.cfg.set("bind", [self.bind])
+        level = "DEBUG" if self.verbose else "INFO"
+        self.cfg.set("logconfig_dict", logging_config(self.log_format, level))
         # the worker builds the app from these, even with a gunicorn.conf.py
         os.environ["LLMUX_CONFIG"] = self.config_file
 

@@ -403,7 +403,7 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         headers = request.headers
         gateway.authorize(headers.get("Authorization"), headers.get("X-Api-Key"), config)
         if request.method == "POST":
-            inbound.body_kind(environ)
+            inbound.body_kind(request)
         inbound.refuse_cross_site(environ, lambda origin: cors.allowed(origin, config.cors))
         proxy = config.proxy
         body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)

@@ -3,7 +3,7 @@
 Usage::
 
     path = routed_path(environ, extra_paths)          # NotFound unless allowlisted
-    kind = body_kind(environ)                         # "json" | "form", or UnsupportedMediaType
+    kind = body_kind(request)                         # "json" | "form", or UnsupportedMediaType
     refuse_cross_site(environ, listed)                # Forbidden
     body = read_body(environ, limit)                  # RequestTooLarge, InvalidBody
 
@@ -52,7 +52,6 @@ ROUTED_PATHS = (
     "/detokenize",
 )
 _CANONICAL = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+")
-_JSON_TYPE = re.compile(r"application/(json|[^/;\s]+\+json)\s*(;.*)?", re.IGNORECASE)
 READ_BYTES = 64 * 1024
 
 
@@ -69,11 +68,13 @@ def routed_path(environ: dict, extra_paths: Iterable[str] = ()) -> str:
     raise NotFound(f"no route for {clip(path)}")
 
 
-def body_kind(environ: dict) -> str:
-    """``"json"`` or ``"form"`` (multipart/form-data) from Content-Type; else 415."""
-    content_type = environ.get("CONTENT_TYPE", "")
-    if _JSON_TYPE.fullmatch(content_type.strip()):
+def body_kind(request) -> str:
+    """``"json"`` or ``"form"`` (multipart/form-data) from the Content-Type of
+    ``request`` (a Werkzeug request); else 415. JSON is what Werkzeug's
+    ``is_json`` says: ``application/json`` or ``application/*+json``."""
+    if request.is_json:
         return "json"
+    content_type = request.content_type or ""
     if forms.is_form(content_type):
         return "form"
     shown = f"'{clip(content_type)}'" if content_type else "none"

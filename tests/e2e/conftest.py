@@ -22,17 +22,11 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import process_alive
+from tests.support import free_port, process_alive
 
 HOOK = Path(__file__).parent / "hooks" / "hook.sh"
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Llmux:

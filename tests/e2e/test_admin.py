@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import process_alive, wait_for
+from tests.support import process_alive, wait_for
 
 from .conftest import assert_one_awake
 
@@ -180,7 +180,7 @@ def test_a_model_can_opt_out_of_idle_sleep(llmux_factory):
     server.rewrite_config(lambda c: c["models"]["b"].update(idle_sleep_secs=0))
     server.admin("POST", "/reload")
     assert server.chat("b", max_tokens=1).status_code == 200
-    time.sleep(1.2)
+    time.sleep(1.2)  # four idle times: nothing to wait for, since nothing may happen
     assert states(server)["b"] == "awake"
     assert server.chat("a", max_tokens=1).status_code == 200
     wait_for(lambda: states(server)["a"] == "asleep", timeout=5)
@@ -218,7 +218,7 @@ def test_adoption_with_two_alive_models_keeps_one_and_sleeps_the_other(llmux_fac
 
 def test_without_adoption_a_stray_backend_is_not_probed(llmux_factory):
     server = llmux_factory(prestart=["a"])
-    time.sleep(0.5)
+    wait_for(lambda: not server.status()["switching"])  # start-up's check is over
     assert states(server)["a"] == "asleep"
     assert [e for e in server.events() if e[2] == "alive"] == []
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +76,8 @@ def test_unsupported_media_type(llmux, content_type):
 
 
 @pytest.mark.parametrize(
-    "content_type", ["application/json; charset=utf-8", "application/vnd.x+json"]
+    "content_type",
+    ["application/json; charset=utf-8", "Application/JSON", "application/vnd.x+json"],
 )
 def test_json_content_types_are_accepted(llmux, content_type):
     status, _, _ = raw_post(

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from tests.helpers import process_alive, wait_for
+from tests.support import process_alive, wait_for
 
 from .test_errors import assert_error
 
@@ -124,10 +124,7 @@ def test_f10_f18_a_backend_that_died_while_idle_is_woken_again(llmux):
     r = llmux.chat("a")
     assert "refused" in assert_error(r, 502, "bad_gateway")["message"]
     # the refusal made llmux check alive; the model is asleep now and wakes on demand
-    deadline = time.monotonic() + 5
-    while llmux.chat("a").status_code != 200:
-        assert time.monotonic() < deadline, "llmux did not recover"
-        time.sleep(0.1)
+    wait_for(lambda: llmux.chat("a").status_code == 200, timeout=5)
     assert llmux.hook_runs("wake", "a") == [("wake", "a"), ("wake", "a")]
 
 
@@ -155,7 +152,10 @@ def test_f16_a_client_gone_while_queued_is_never_forwarded(llmux_factory):
     server = llmux_factory(model_env={"HOOK_WAKE_SECS": 1.5})
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(server.url + "/v1/chat/completions", json={"model": "b"}, timeout=0.4)
-    time.sleep(2.0)  # b finishes waking with nobody waiting, and stays awake
+    # b finishes waking with nobody waiting, and stays awake
+    wait_for(
+        lambda: (s := server.status())["models"]["b"]["state"] == "awake" and not s["switching"]
+    )
     assert server.backend_hits("b") == []
     r = server.chat("a")
     assert r.status_code == 200
@@ -204,11 +204,12 @@ def test_f20_sigterm_during_a_switch(llmux_factory):
         )
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
-    threads.append(threading.Thread(target=queued))
     for t in threads:
         t.start()
-        time.sleep(0.05)
-    time.sleep(0.3)
+    wait_for(lambda: server.status()["models"]["a"]["in_flight"] == 3)
+    threads.append(threading.Thread(target=queued))
+    threads[-1].start()
+    wait_for(lambda: server.status()["models"]["b"]["queued"] == 1)
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(20)

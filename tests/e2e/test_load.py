@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.support import wait_for
+
 from .conftest import assert_one_awake
 from .test_telemetry import scrape, value
 
@@ -104,7 +106,7 @@ def test_l3_in_flight_streams_finish_before_the_sleep(llmux_factory):
 
     with ThreadPoolExecutor(11) as pool:
         streams = [pool.submit(stream, i) for i in range(10)]
-        time.sleep(0.3)
+        wait_for(lambda: server.status()["models"]["a"]["in_flight"] == 10)
         b = pool.submit(
             lambda: requests.post(
                 server.url + "/v1/chat/completions", json={"model": "b"}, timeout=30
@@ -224,10 +226,13 @@ def test_l10_mixed_outcomes_keep_the_books_exact(llmux_factory):
 
     with ThreadPoolExecutor(20) as pool:
         outcomes = list(pool.map(one, range(120)))
-    time.sleep(1.0)  # aborted streams are noticed at their next chunk
+
+    def total(m):
+        return sum(v for (n, _), v in m.items() if n == "llmux_requests_total")
+
+    # aborted streams are noticed at their next chunk, and counted then
+    wait_for(lambda: total(scrape(server)) == len(outcomes))
     m = scrape(server)
-    total = sum(v for (n, _), v in m.items() if n == "llmux_requests_total")
-    assert total == len(outcomes)
     for status in (200, 500):
         for model in "ab":
             want = sum(1 for o in outcomes if o == (model, status))
@@ -260,7 +265,7 @@ def test_l11_overload_gets_429_at_once_and_recovers(llmux_factory):
         )
     )
     hold.start()
-    time.sleep(0.3)
+    wait_for(lambda: server.status()["models"]["a"]["in_flight"] == 1)
     started = time.monotonic()
 
     def b(_):

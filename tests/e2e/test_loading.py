@@ -17,7 +17,7 @@ import openai
 import pytest
 import requests
 
-from tests.helpers import install_node_client, run_node_client, wait_for
+from tests.support import install_node_client, run_node_client, wait_for
 
 from .test_errors import assert_error
 

@@ -17,7 +17,9 @@ import pytest
 import requests
 import yaml
 
-from .conftest import free_port, model_entry
+from tests.support import free_port
+
+from .conftest import model_entry
 from .test_errors import assert_error
 from .test_status_page import run_chromium
 

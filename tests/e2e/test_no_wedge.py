@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests.helpers import RawServer, wait_for
+from tests.support import RawServer, free_port, wait_for
 
-from .conftest import free_port, model_entry
+from .conftest import model_entry
 from .test_errors import assert_error
 from .test_telemetry import scrape, value
 

@@ -11,9 +11,9 @@ import psutil
 import pytest
 import requests
 
-from tests.helpers import wait_for
+from tests.support import free_port, process_alive, wait_for
 
-from .conftest import Llmux, assert_one_awake, free_port, process_alive
+from .conftest import Llmux, assert_one_awake
 
 pytestmark = pytest.mark.e2e
 
@@ -139,9 +139,9 @@ def test_f23_sighup_keeps_streams_and_never_runs_two_owners(llmux_factory):
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    wait_for(lambda: server.status()["models"]["a"]["in_flight"] == 3)
     server.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.1)
+    time.sleep(0.1)  # b is sent while the workers hand over: the scenario's timing, not a wait
     b = {}
     tb = threading.Thread(
         target=lambda: b.update(
@@ -186,8 +186,8 @@ def test_f24_a_hook_longer_than_the_worker_timeout_does_not_kill_the_worker(
     got = {}
     t = threading.Thread(target=lambda: got.update(r=server.chat("a")))
     t.start()
-    time.sleep(1)
     # the hub is free while the hook runs: other requests are answered at once
+    wait_for(lambda: server.status()["models"]["a"]["state"] == "waking")
     r = requests.get(server.url + "/metrics", timeout=2)
     assert r.status_code == 200
     t.join(20)

@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from tests.helpers import process_alive, wait_for
+from tests.support import process_alive, wait_for
 
 from .conftest import assert_one_awake
 from .test_admin import Traffic, records, states

@@ -124,7 +124,9 @@ def test_gunicorn_command_line_works_too(tmp_path):
 
     import yaml
 
-    from .conftest import free_port, model_entry
+    from tests.support import free_port
+
+    from .conftest import model_entry
 
     port = free_port()
     config = {"port": port, "models": {"m": model_entry(free_port())}}

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 from .test_admin import TOKEN
 

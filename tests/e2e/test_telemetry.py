@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,13 +25,6 @@ def scrape(server) -> dict[tuple[str, frozenset], float]:
 
 def value(samples, name, **labels) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 def test_scenario_metrics_and_events(llmux_factory):
@@ -54,7 +48,7 @@ def test_scenario_metrics_and_events(llmux_factory):
     # 6. one queue timeout: b's wake outlasts request_timeout_secs and goes on
     server.fault("wake", "b", "sleep 1.5")
     assert server.chat("b").status_code == 504
-    wait_until(lambda: value(scrape(server), "llmux_model_state", model="b", state="awake") == 1)
+    wait_for(lambda: value(scrape(server), "llmux_model_state", model="b", state="awake") == 1)
 
     m = scrape(server)
     switch = "llmux_switch_total"

@@ -18,8 +18,7 @@ import requests
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import free_port, process_alive
-from tests.helpers import install_node_client, run_node_client
+from tests.support import free_port, install_node_client, process_alive, run_node_client
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,14 +14,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.conftest import free_port
-from tests.helpers import process_alive, wait_for
+from tests.support import free_port, process_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "conf" / "hooks"
@@ -168,7 +166,7 @@ def test_vllm_sleep_gives_up_on_requests_that_never_end(vllm):
             pass  # the fake may be stopped first
 
     threading.Thread(target=slow_request, daemon=True).start()
-    time.sleep(0.3)
+    wait_for(lambda: v.running() == 1, timeout=5)
     r = run_hook("vllm", "sleep", port=v.port, VLLM_DRAIN_SECS=1)
     assert r.returncode == 1
     assert "still has 1 requests after 1s; not sleeping" in r.stderr

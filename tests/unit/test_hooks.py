@@ -7,7 +7,7 @@ import pytest
 
 from llmux.config import parse_config
 from llmux.engine.hooks import TAIL_BYTES, HookRunner, OutputKeeper, run_hook
-from tests.helpers import process_alive as alive
+from tests.support import process_alive as alive
 
 
 def test_exit_code_and_output():

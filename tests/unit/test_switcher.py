@@ -18,6 +18,7 @@ from llmux.errors import (
     ShuttingDown,
     SwitchTimeout,
 )
+from tests.support import wait_for
 
 from .fakes import FakeHooks
 
@@ -49,13 +50,6 @@ def join(*boxes, timeout=10.0):
     for box in boxes:
         box["thread"].join(timeout)
         assert not box["thread"].is_alive(), "a request never finished"
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def test_unknown_model():

@@ -9,7 +9,7 @@ import pytest
 from llmux.config import ProxyConfig
 from llmux.errors import BadGateway
 from llmux.web.upstream import Upstream
-from tests.helpers import RawServer
+from tests.support import RawServer
 
 OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"

@@ -1,29 +1,15 @@
-"""Helpers shared by the unit and end-to-end tests."""
+"""Loopback sockets for tests: free ports, and a server that speaks raw HTTP (faults included)."""
 
-import json
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 
 
-def process_alive(pid: int) -> bool:
-    """True while pid is a live process (a zombie waiting for init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
-def wait_for(predicate, timeout=15.0, every=0.05):
-    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(every)
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_request(conn) -> bytes | None:
@@ -111,31 +97,3 @@ class RawServer:
                 conn.close()
             except OSError:
                 pass
-
-
-def install_node_client(directory, script) -> None:
-    """The official openai package for Node in ``directory``, and ``script`` as client.mjs."""
-    npm = shutil.which("npm")
-    assert npm and shutil.which("node"), "node and npm are needed for this test"
-    subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "openai@6"],
-        cwd=directory,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    shutil.copy(script, os.path.join(directory, "client.mjs"))
-
-
-def run_node_client(directory, timeout: float, **env) -> dict:
-    """Run client.mjs with ``env`` added; the JSON object its last line prints."""
-    out = subprocess.run(
-        ["node", "client.mjs"],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ, **env),
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
