@@ -142,3 +142,26 @@ class BadGateway(LlmuxError):
 
 class GatewayTimeout(LlmuxError):
     status, code = 504, "gateway_timeout"
+
+
+class BackendUnreachable(BadGateway):
+    """No connection to the backend at all: maybe it is no longer running."""
+
+
+class BackendRefused(LlmuxError):
+    """The backend answered a waiting stream's request without a stream.
+
+    ``status`` is the backend's (502 when it said 2xx or 3xx); ``envelope()``
+    is the backend's own error object when it sent one, so the client's SDK
+    reports what the backend said.
+    """
+
+    code = "upstream_error"
+
+    def __init__(self, status: int, message: str, envelope: dict | None = None):
+        super().__init__(message)
+        self.status = status if status >= 400 else 502
+        self._envelope = envelope
+
+    def envelope(self) -> dict:
+        return self._envelope if self._envelope is not None else super().envelope()

@@ -38,6 +38,10 @@ _POLL_MIN, _POLL_MAX = 0.002, 0.05
 
 @dataclass(frozen=True)
 class HookResult:
+    """How one hook run ended: ``hook`` is its kind (wake, sleep, alive, ...),
+    ``returncode`` None when it never started or was killed, ``duration`` in
+    seconds, ``stdout``/``stderr`` their bounded tails (hook_output.TAIL_BYTES)."""
+
     hook: str
     returncode: int | None
     duration: float
@@ -295,6 +299,9 @@ class HookRunner:
         return config if model in config.models else self._former[model]
 
     def run(self, model: str, kind: str) -> HookResult:
+        """Run ``model``'s ``kind`` hook and wait for it; never raises for what the
+        hook does (a failure, a timeout, a hook that cannot start are all in the
+        result). KeyError for a model no config defines."""
         config = self._config_of(model)
         spec = config.models[model]
         env = dict(os.environ)
@@ -324,6 +331,7 @@ class HookRunner:
         return progress.fraction if progress is not None else None
 
     def ready_timeout(self, model: str) -> float:
+        """Seconds ``alive`` may take to pass after a wake (``hook_timeouts.ready``)."""
         return self._config_of(model).hook_timeout(model, "ready")
 
     def port(self, model: str) -> int:

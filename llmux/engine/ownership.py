@@ -47,6 +47,10 @@ def runtime_dir() -> str:
 
 
 class Ownership:
+    """The right to run one config's hooks (an ``flock`` on a file named after the
+    config's path, in ``directory``, default :func:`runtime_dir`) and the state
+    file beside it. Held for the life of the process; the kernel drops it at exit."""
+
     def __init__(self, config_path: str, directory: str | None = None):
         directory = directory or runtime_dir()
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -61,6 +65,8 @@ class Ownership:
         return self._fd is not None
 
     def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it (and write our pid into it); False if held.
+        Raises OSError if the lock file cannot be opened."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -29,7 +29,7 @@ from .effects import AwaitDrain, Call, Pause, Procedure, RunHook
 from .estimates import RunningSwitch
 from .hooks import HookResult
 from .policy import SwitchTo, WaitUntil
-from .states import AWAKE, DRAINING, FAILED, SLEEPING, WAKING
+from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING
 
 log = logging.getLogger("llmux.switcher")
 
@@ -405,3 +405,42 @@ class Procedures:
                     )
                     self._went_to_sleep(m)
                 self._free_slot()
+
+    # --- the state a switch leaves behind (lock held) ---
+
+    def _finish_switch(self, source, target, started, *, ok, error="", phases=None) -> None:
+        """Record the outcome and free the slot: the policy picks the next move."""
+        seconds = self.clock() - started
+        ema = self.costs.observe(source, target, seconds) if ok else None
+        self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
+        self._emit(ev.SwitchFinished(source, target, ok, seconds, error, ema, phases=phases))
+        self._free_slot()
+
+    def _record_switch(self, source, target, result, error, seconds, phases) -> None:
+        """``last_switch`` for the status API; result: success|failure|abandoned."""
+        self.last_switch = {
+            "from": source,
+            "to": target,
+            "ok": result == "success",
+            "result": result,
+            "error": error,
+            "duration_secs": seconds,
+            "phases": dict(phases or {}),
+        }
+
+    def _went_to_sleep(self, m) -> None:
+        """``m`` is asleep now; a model a reload removed is forgotten here."""
+        self._set_state(m, ASLEEP)
+        if self._active == m.name:
+            self._active = None
+        if m.awake_since is not None:
+            self._emit(ev.ModelDeactivated(m.name, self.clock() - m.awake_since))
+        m.awake_since = None
+        if m.removed:
+            self._forget(m)
+
+    def _forget(self, m) -> None:
+        del self._models[m.name]
+        forget = getattr(self.hooks, "forget", None)
+        if forget is not None:
+            forget(m.name)

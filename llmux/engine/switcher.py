@@ -18,6 +18,12 @@ queue; the policy picks the next model (:meth:`_kick`), and the slow work runs
 in the *switching slot*, one procedure at a time (:mod:`~llmux.engine.procedures`),
 started by :meth:`_take_slot` and no other way.
 
+:class:`Switcher` is put together from halves, one responsibility each, all
+under the one lock: this module (requests, queues, admission, the slot, start,
+sleep, reconfigure), :mod:`~llmux.engine.procedures` (the slow work),
+:mod:`~llmux.engine.timer` (deadlines), :mod:`~llmux.engine.reports`
+(estimates, progress, status) and :mod:`~llmux.engine.delivery` (events).
+
 Admitting all waiters and counting them in flight in the same critical section
 that marks the model awake is what keeps a later switch from draining a model
 before its queued requests even started (the Rust llmux's endless switch loop).
@@ -25,7 +31,7 @@ A waiter that times out or whose client leaves only takes itself out of the
 queue; it never starts or cancels a switch.
 
 The timer (:meth:`tick`) acts on deadlines: the end of a failure backoff or of
-``min_active_secs`` (the policy's ``WaitUntil``) and a model's idle time.
+``min_active_secs`` (the policy's ``WaitUntil``) and the idle sleep the policy names.
 """
 
 from __future__ import annotations
@@ -51,13 +57,16 @@ from ..errors import (
 )
 from . import estimates
 from . import events as ev
+from .delivery import EventDelivery, Section
 from .effects import AwaitDrain, Call, Effect, Pause, Procedure, RunHook, Runner, ThreadRunner
 from .events import Observer
 from .hooks import HookResult
 from .policy import FifoPolicy, ServiceTimes, Snapshot, SwitchCosts, SwitchTo, WaitUntil
 from .procedures import Procedures
+from .reports import Reports
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
-from .waiters import QueuesView, Ticket, Waiter, ahead_of, holds, positions
+from .timer import Deadlines
+from .waiters import QueuesView, Ticket, Waiter, holds
 
 __all__ = [
     "ASLEEP",
@@ -83,7 +92,6 @@ CLIENT_POLL_SECS = 0.1
 # wait nothing would end (gevent raises LoopExit on one that nothing could).
 QUEUE_WAIT_SECS = 5.0
 MAX_WAIT_SECS = 1.0
-TIMER_MAX_WAIT_SECS = 60.0
 
 
 class Hooks(Protocol):
@@ -145,24 +153,7 @@ class _PerModel(Mapping):
         return len(self._models)
 
 
-class _Section:
-    """``with switcher._locked:``: the lock held; on the way out, released, then the
-    events recorded meanwhile delivered."""
-
-    __slots__ = ("_switcher",)
-
-    def __init__(self, switcher: Switcher):
-        self._switcher = switcher
-
-    def __enter__(self) -> None:
-        self._switcher._lock.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self._switcher._lock.release()
-        self._switcher._deliver()
-
-
-class Switcher(Procedures):
+class Switcher(Procedures, Deadlines, Reports, EventDelivery):
     """Models' states, queues and in-flight counts, and the switching slot.
 
     ``clock`` gives monotonic seconds; ``runner`` runs procedures and the timer
@@ -195,7 +186,7 @@ class Switcher(Procedures):
         self._drained = self.runner.condition(self._lock)
         self._slot_free = self.runner.condition(self._lock)
         self._timer = self.runner.condition(self._lock)
-        self._locked = _Section(self)
+        self._locked = Section(self)
         # events recorded under the lock, delivered in order after it (one deliverer at a time)
         self._outbox: deque[tuple[contextvars.Context, ev.Event]] = deque()
         self._delivering = threading.Lock()
@@ -446,51 +437,6 @@ class Switcher(Procedures):
             m.state = transition(m.state, state)
             self._emit(ev.StateChanged(m.name, state))
 
-    # --- events: recorded under the lock, delivered after it ---
-
-    def _emit(self, event: ev.Event, context: contextvars.Context | None = None) -> None:
-        """Record ``event`` (lock held), to be delivered in ``context`` (default: the
-        caller's) once the lock is released."""
-        if context is None:
-            context = contextvars.copy_context()
-        self._outbox.append((context, event))
-
-    def _deliver(self) -> None:
-        """Hand every recorded event to the observer, oldest first (lock not held).
-
-        One deliverer at a time, so order is kept. A caller that finds another
-        delivering leaves its events to it and goes on: the deliverer looks at
-        the outbox again after letting go, so none is left behind, and a slow
-        observer holds up only the one delivering.
-        """
-        while self._outbox:
-            if not self._delivering.acquire(blocking=False):
-                return
-            try:
-                while self._outbox:
-                    context, event = self._outbox.popleft()
-                    try:
-                        context.run(self.observer.emit, event)
-                    except Exception:
-                        log.exception(
-                            "observer failed on %s", event.kind, extra={"event": "observer_failed"}
-                        )
-            finally:
-                self._delivering.release()
-
-    def _wait(self, condition: threading.Condition, timeout: float) -> None:
-        """Wait on ``condition`` (lock held) for up to ``timeout`` seconds; but if events
-        wait to be delivered and nobody delivers them, deliver them instead and
-        return at once, for the caller to look again."""
-        if self._outbox and not self._delivering.locked():
-            self._lock.release()
-            try:
-                self._deliver()
-            finally:
-                self._lock.acquire()
-            return
-        condition.wait(timeout)
-
     # --- the switching slot ---
 
     def _take_slot(self, name: str, procedure: Procedure, *, spawn: bool = False) -> Procedure:
@@ -548,134 +494,6 @@ class Switcher(Procedures):
         if isinstance(effect, Call):
             return effect.fn()
         raise TypeError(f"unknown effect {effect!r}")
-
-    # --- deadlines: one timer for backoff, residency and idle sleep ---
-
-    def tick(self) -> float | None:
-        """One pass of the timer: act on every deadline that has passed; when the next
-        one falls (monotonic seconds), or None. The timer thread's body; a harness
-        with a fake clock calls it itself."""
-        with self._locked:
-            self._timer_due = self._on_time(self.clock())
-            return self._timer_due
-
-    def _on_time(self, now: float) -> float | None:
-        if self._closed:
-            return None
-        if self._wake_at is not None and now >= self._wake_at:
-            self._kick()  # a backoff or residency wait is over
-        model, due = self._idle_due()
-        if model is not None and now >= due:
-            self._take_slot("idle-sleep", self._retire(model, "idle"), spawn=True)
-        return self._next_due()
-
-    def _idle_due(self, snap: Snapshot | None = None) -> tuple[str | None, float | None]:
-        """The model the policy would put to sleep for being idle, and when (lock held;
-        ``snap``: a snapshot of the state as it is now, if the caller has one)."""
-        if self._closed:
-            return None, None
-        due = self.policy.idle_due(snap or self._snapshot(self.clock()))
-        return (None, None) if due is None else due
-
-    def _next_due(self, snap: Snapshot | None = None) -> float | None:
-        # while the slot is taken, a WaitUntil waits for it too: freeing it asks again
-        dues = [None if self._switching else self._wake_at, self._idle_due(snap)[1]]
-        return min((d for d in dues if d is not None), default=None)
-
-    def _reschedule(self, snap: Snapshot | None = None) -> None:
-        """Wake the timer if a deadline now falls before the one it sleeps for (lock held)."""
-        due = self._next_due(snap)
-        if due is None:
-            return
-        if not self._timer_started:
-            self._timer_started = True
-            self.runner.background("llmux-timer", self._timer_loop)
-        elif self._timer_due is None or due < self._timer_due:
-            self._timer_due = due
-            self._timer.notify()
-
-    def _timer_loop(self) -> None:
-        while not self._closed:
-            try:
-                due = self.tick()
-            except Exception:  # the one timer must outlive a bad policy answer
-                log.exception("timer pass failed", extra={"event": "timer_failed"})
-                due = self.clock() + MAX_WAIT_SECS
-            with self._locked:
-                if self._closed:
-                    return
-                pause = TIMER_MAX_WAIT_SECS if due is None else due - self.clock()
-                if self._timer_due == due:  # else a new deadline came meanwhile: look now
-                    self._wait(self._timer, min(max(pause, 0.001), TIMER_MAX_WAIT_SECS))
-
-    # --- estimates (lock held) ---
-
-    def _eta(self, model: str, now: float) -> float | None:
-        """The policy's estimate (:meth:`~llmux.engine.policy.Policy.estimate`) of the
-        seconds until ``model`` could serve; None for an unknown model or estimate."""
-        if model not in self._models:
-            return None
-        return self.policy.estimate(self._snapshot(now), model)
-
-    def _wake_fraction(self) -> float | None:
-        """The fraction the running switch's wake hook printed, if it runs and printed."""
-        running = self._running
-        progress = getattr(self.hooks, "progress", None)
-        if running is None or running.wake_started is None or progress is None:
-            return None
-        return progress(running.target)
-
-    def _retry_after(self, model: str) -> int:
-        """Whole seconds for a ``Retry-After``: the estimate, at least 1."""
-        return estimates.whole_secs(self._eta(model, self.clock()))
-
-    def _retry_after_switch(self) -> int:
-        """``Retry-After`` for what waits on the running switch itself."""
-        running = self._running
-        left = None
-        if running is not None:
-            fraction = self._wake_fraction()
-            left = estimates.switch_left(running, self.clock(), self.costs.view(), fraction)
-        return estimates.whole_secs(left)
-
-    # --- the state a switch leaves behind (lock held) ---
-
-    def _finish_switch(self, source, target, started, *, ok, error="", phases=None) -> None:
-        """Record the outcome and free the slot: the policy picks the next move."""
-        seconds = self.clock() - started
-        ema = self.costs.observe(source, target, seconds) if ok else None
-        self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
-        self._emit(ev.SwitchFinished(source, target, ok, seconds, error, ema, phases=phases))
-        self._free_slot()
-
-    def _record_switch(self, source, target, result, error, seconds, phases) -> None:
-        """``last_switch`` for the status API; result: success|failure|abandoned."""
-        self.last_switch = {
-            "from": source,
-            "to": target,
-            "ok": result == "success",
-            "result": result,
-            "error": error,
-            "duration_secs": seconds,
-            "phases": dict(phases or {}),
-        }
-
-    def _went_to_sleep(self, m: _Model) -> None:
-        """``m`` is asleep now; a model a reload removed is forgotten here."""
-        self._set_state(m, ASLEEP)
-        if self._active == m.name:
-            self._active = None
-        if m.awake_since is not None:
-            self._emit(ev.ModelDeactivated(m.name, self.clock() - m.awake_since))
-        m.awake_since = None
-        if m.removed:
-            self._forget(m)
-
-    def _forget(self, m: _Model) -> None:
-        del self._models[m.name]
-        forget = getattr(self.hooks, "forget", None)
-        if forget is not None:
-            forget(m.name)
 
     # --- starting, re-checking, putting to sleep ---
 
@@ -787,79 +605,7 @@ class Switcher(Procedures):
             self._reschedule()
             return still_awake
 
-    # --- inspection and shutdown ---
-
-    def progress(self, waiter: Waiter) -> dict:
-        """Where a queued request stands, for loading progress.
-
-        ``{"model", "state", "position", "queued", "eta_secs", "hook_progress"}``:
-        its place among all ``queued`` requests (None once admitted or gone),
-        the model's estimated wait in seconds (None: unknown, see :meth:`_eta`),
-        and the fraction the model's wake hook printed (None if none).
-        """
-        with self._locked:
-            m = self._models.get(waiter.model)
-            queues = [q.waiters for q in self._models.values()]
-            queued = m is not None and holds(m.waiters, waiter)
-            return {
-                "model": waiter.model,
-                "state": str(m.state) if m is not None else str(ASLEEP),
-                "position": ahead_of(queues, waiter) + 1 if queued else None,
-                "queued": sum(len(q) for q in queues),
-                "eta_secs": estimates.rounded(self._eta(waiter.model, self.clock())),
-                "hook_progress": self._hook_progress(waiter.model),
-            }
-
-    def _hook_progress(self, model: str) -> float | None:
-        m = self._models.get(model)
-        progress = getattr(self.hooks, "progress", None)
-        if m is None or m.state != WAKING or progress is None:
-            return None
-        return progress(model)
-
-    def status(self) -> dict:
-        """Everything the admin API shows about models, queues and switches.
-
-        Per model, besides its state and counters: ``estimated_wait_secs`` (see
-        :meth:`_eta`; what ``Retry-After`` says) and ``queue``, its waiting
-        requests as ``{"position", "waited_secs"}`` (position among all models'
-        queued requests, by arrival).
-        """
-        with self._locked:
-            now = self.clock()
-            places = positions(m.waiters for m in self._models.values())
-            return {
-                "active": self._active,
-                "switching": self._switching,
-                "models": {
-                    n: {
-                        "state": str(m.state),
-                        "in_flight": m.in_flight,
-                        "queued": len(m.waiters),
-                        "oldest_wait_secs": (now - m.waiters[0].since) if m.waiters else 0.0,
-                        "idle_secs": (now - m.last_used)
-                        if m.state == AWAKE and not m.in_flight
-                        else None,
-                        "idle_sleep_secs": m.idle_sleep_secs,
-                        "estimated_wait_secs": estimates.rounded(self._eta(n, now)),
-                        "hook_progress": self._hook_progress(n),
-                        "queue": [
-                            {"position": places[w], "waited_secs": now - w.since} for w in m.waiters
-                        ],
-                    }
-                    for n, m in self._models.items()
-                },
-                "last_switch": self.last_switch,
-                "switch_costs": [
-                    {"from": a, "to": b, "ema_secs": secs}
-                    for (a, b), secs in sorted(self.costs.snapshot().items())
-                ],
-            }
-
-    def state(self, model: str) -> str:
-        with self._locked:
-            m = self._models.get(model)
-            return str(m.state) if m is not None else str(ASLEEP)
+    # --- waiting for the slot, and shutdown ---
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no switch or sleep runs; True if none does."""

@@ -34,7 +34,14 @@ from ..engine.hooks import HookRunner
 from ..engine.ownership import Ownership, StateRecorder, reconcile
 from ..engine.policy import make_policy
 from ..engine.switcher import Switcher, SwitchSettings
-from ..errors import Forbidden, LlmuxError, ModelNotFound, NotFound, Unauthorized
+from ..errors import (
+    BackendUnreachable,
+    Forbidden,
+    LlmuxError,
+    ModelNotFound,
+    NotFound,
+    Unauthorized,
+)
 from ..netaddr import is_loopback
 from ..telemetry import logs
 from ..telemetry.history import History
@@ -44,7 +51,7 @@ from . import bodies, cors, inbound, loading
 from .admin import admin_blueprint
 from .exchange import Exchange, request_id_from
 from .reloading import Reloader
-from .upstream import BackendUnreachable, Reply, Upstream, filter_headers
+from .upstream import Reply, Upstream, filter_headers
 
 log = logging.getLogger("llmux.app")
 

@@ -35,7 +35,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from ..errors import ClientGone, LlmuxError
+from ..errors import BackendRefused, ClientGone, LlmuxError
 from .exchange import body_outcome
 from .upstream import Reply, UpstreamAborted
 
@@ -245,25 +245,6 @@ def _mimetype(headers) -> str:
         if name.lower() == "content-type":
             return value.split(";", 1)[0].strip().lower()
     return ""
-
-
-class BackendRefused(LlmuxError):
-    """The backend answered a waiting stream's request without a stream.
-
-    ``status`` is the backend's (502 when it said 2xx or 3xx); ``envelope()``
-    is the backend's own error object when it sent one, so the client's SDK
-    reports what the backend said.
-    """
-
-    code = "upstream_error"
-
-    def __init__(self, status: int, message: str, envelope: dict | None = None):
-        super().__init__(message)
-        self.status = status if status >= 400 else 502
-        self._envelope = envelope
-
-    def envelope(self) -> dict:
-        return self._envelope if self._envelope is not None else super().envelope()
 
 
 def _backend_error(reply: Reply) -> BackendRefused:

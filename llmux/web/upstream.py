@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import http.client
 import logging
 import re
 import socket
@@ -35,7 +36,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
-from ..errors import BadGateway, ClientGone, GatewayTimeout, clip
+from ..errors import BackendUnreachable, BadGateway, ClientGone, GatewayTimeout, clip
 
 log = logging.getLogger("llmux.proxy")
 
@@ -58,12 +59,20 @@ CHUNK_BYTES = 64 * 1024
 POOL_MAXSIZE = 1024
 
 
-# A server that closes an idle keep-alive connection just as we reuse it makes
-# the request fail before a single response byte (llama-server does this after
-# every stream). Only then, on a reused connection, is a request sent again,
-# once, on a new connection: the server closed it without reading the request.
-STALE_CONNECTION = frozenset(
-    {"closed the connection without a response", "connection reset", "broken pipe"}
+# Transport failures, by the type of the innermost exception (requests and urllib3
+# wrap it): what the log and the client's message call it, and whether it is what
+# a server does when it closes an idle keep-alive connection just as we reuse it
+# (llama-server does this after every stream). Only such a failure, before a
+# single response byte and on a reused connection, sends the request again, once,
+# on a new connection: the server closed it without reading the request. First
+# match wins (RemoteDisconnected is a ConnectionResetError).
+FailureTypes = type[BaseException] | tuple[type[BaseException], ...]
+TRANSPORT_FAILURES: tuple[tuple[FailureTypes, str, bool], ...] = (
+    ((TimeoutError, urllib3.exceptions.TimeoutError), "timed out", False),
+    (ConnectionRefusedError, "connection refused", False),
+    (http.client.RemoteDisconnected, "closed the connection without a response", True),
+    (ConnectionResetError, "connection reset", True),
+    (BrokenPipeError, "broken pipe", True),
 )
 _reused = contextvars.ContextVar("llmux_connection_reused", default=False)
 # The Cancel of the request this greenlet is sending, told which connection it uses.
@@ -157,10 +166,6 @@ class _TrackingPool(HTTPConnectionPool):
         return conn
 
 
-class BackendUnreachable(BadGateway):
-    """No connection to the backend at all: maybe it is no longer running."""
-
-
 class UpstreamAborted(ConnectionResetError):
     """The backend failed after the response headers went out.
 
@@ -243,7 +248,7 @@ class Reply:
             try:
                 chunk = raw.read1(CHUNK_BYTES, decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise UpstreamAborted(_reason(exc)) from None
+                raise UpstreamAborted(_failure(exc)[1]) from None
             if cancel is not None and raw.connection is None:
                 # the last bytes are read and urllib3 pooled the connection, maybe
                 # for another request by now: it is no longer ours to cut
@@ -348,11 +353,11 @@ class Upstream:
                 f"the backend of model '{model}' sent no response headers "
                 f"within {s.header_timeout:g}s"
             )
-        reason = _reason(exc)
+        cause, reason, stale = _failure(exc)
         log.info("backend on port %d failed (attempt %d): %r", port, attempt, exc)
-        if attempt == 1 and reason in STALE_CONNECTION and _reused.get():
+        if attempt == 1 and stale and _reused.get():
             return None  # the server had closed this pooled connection; it saw nothing
-        if reason == "connection refused":
+        if isinstance(cause, ConnectionRefusedError):
             return BackendUnreachable(f"the backend of model '{model}' refused the connection")
         return BadGateway(f"the backend of model '{model}' failed: {reason}")
 
@@ -385,8 +390,10 @@ def _set_read_timeout(response: requests.Response, seconds: float) -> None:
             pass
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost cause, without urllib3's pool and object addresses."""
+def _failure(exc: BaseException) -> tuple[BaseException, str, bool]:
+    """The innermost cause of a transport error (without urllib3's pool and object
+    addresses), its name from :data:`TRANSPORT_FAILURES` (else its type's), and
+    whether it is a stale pooled connection's."""
     while True:
         inner = exc.__cause__ or exc.__context__
         if inner is None and exc.args and isinstance(exc.args[0], BaseException):
@@ -396,13 +403,7 @@ def _reason(exc: BaseException) -> str:
         if inner is None or inner is exc:
             break
         exc = inner
-    if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, BrokenPipeError):
-        return "broken pipe"
-    name = type(exc).__name__
-    return {"RemoteDisconnected": "closed the connection without a response"}.get(name, name)
+    for types, reason, stale in TRANSPORT_FAILURES:
+        if isinstance(exc, types):
+            return exc, reason, stale
+    return exc, type(exc).__name__, False

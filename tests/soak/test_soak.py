@@ -80,7 +80,7 @@ def test_soak(llmux_factory, mix):
         assert server.chat(model).status_code == 200
     rss_start, fds_start = worker.memory_info().rss, worker.num_fds()
     deadline = time.monotonic() + SECONDS
-    counts = {"sent": 0, "bad": [], "kills": 0}
+    counts = {"sent": 0, "bad": [], "kills": 0, "left": 0}
     lock = threading.Lock()
 
     def client(seed):
@@ -100,8 +100,8 @@ def test_soak(llmux_factory, mix):
                         stream=True,
                         timeout=30,
                     )
+                    status = r.status_code  # the headers came; then the client leaves
                     r.close()
-                    status = 200
                 else:
                     r = session.post(server.url + "/v1/chat/completions", json=body, timeout=30)
                     status = r.status_code
@@ -111,7 +111,9 @@ def test_soak(llmux_factory, mix):
                 status = repr(exc)
             with lock:
                 counts["sent"] += 1
-                if status not in (200, 503):  # 503: an injected wake failure
+                if status == "left":
+                    counts["left"] += 1
+                elif status not in (200, 503):  # 503: an injected wake failure
                     counts["bad"].append(status)
 
     def client_misbehaving(session, rng, model):
@@ -128,14 +130,14 @@ def test_soak(llmux_factory, mix):
         # hang up before the response headers come, or give up while queued
         delay = 3000 if kind == "hang-up" else 0
         try:
-            requests.post(
+            r = requests.post(
                 server.url + "/v1/chat/completions",
                 json={"model": model, "fake": {"headers_delay_ms": delay}},
                 timeout=0.3,
             )
         except requests.exceptions.ReadTimeout:
-            pass
-        return 200
+            return "left"  # llmux must log it: checked at the end
+        return r.status_code  # answered within 0.3 s: an ordinary answer
 
     def chaos(seed):
         rng = random.Random(seed)
@@ -183,8 +185,16 @@ def test_soak(llmux_factory, mix):
     for line in server.log_text().splitlines():
         json.loads(line)
     if hostile:  # the misbehaviour really happened, and was answered as designed
-        ends = [r for r in server.log_records() if r.get("event") == "request_finished"]
+        records = server.log_records()
+        ends = [r for r in records if r.get("event") == "request_finished"]
         outcomes = {r["outcome"] for r in ends}
         assert {"client_stalled", "client_closed"} <= outcomes, outcomes
         assert any(r.get("code") == "bad_gateway" for r in ends)
+        # every client that hung up or gave up is on record as gone
+        gone = sum(r["outcome"] in ("client_closed", "client_stalled") for r in ends)
+        gone += sum(
+            r.get("event") == "request_dequeued" and r.get("reason") == "client_gone"
+            for r in records
+        )
+        assert counts["left"] > 0 and gone >= counts["left"], (gone, counts["left"])
     print(f"soak ({mix}): {counts['sent']} requests in {SECONDS:.0f}s, RSS +{grown:.1f} MiB")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 
 import pytest
+import requests
+import urllib3
 
 from llmux.config import ProxyConfig
 from llmux.errors import BadGateway
-from llmux.web.upstream import Upstream
+from llmux.web.upstream import Upstream, _failure
 from tests.support import RawServer
 
 OK = (
@@ -77,3 +80,27 @@ def test_a_refused_connection_is_reported_as_unreachable(upstream):
             send(upstream, port)
     assert type(err.value).__name__ == "BackendUnreachable"
     assert "refused" in err.value.message and str(port) not in err.value.message
+
+
+@pytest.mark.parametrize(
+    "error, reason, stale",
+    [
+        (
+            http.client.RemoteDisconnected("Remote end closed"),
+            "closed the connection without a response",
+            True,
+        ),
+        (ConnectionResetError(104, "reset"), "connection reset", True),
+        (BrokenPipeError(32, "pipe"), "broken pipe", True),
+        (ConnectionRefusedError(111, "refused"), "connection refused", False),
+        (TimeoutError("timed out"), "timed out", False),
+        (urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), "timed out", False),
+        (ValueError("odd"), "ValueError", False),
+    ],
+)
+def test_transport_failures_are_named_by_the_type_of_their_innermost_cause(error, reason, stale):
+    # as requests hands them over: wrapped by urllib3, then by requests
+    wrapped = urllib3.exceptions.ProtocolError("Connection aborted.", error)
+    outer = requests.exceptions.ConnectionError(wrapped)
+    cause, name, is_stale = _failure(outer)
+    assert cause is error and name == reason and is_stale is stale

@@ -489,3 +489,119 @@ def test_a_failed_model_removed_and_added_again_starts_asleep():
     again = h.request("b")
     h.finish("b", "wake")
     assert again.admitted
+
+
+# --- the rest of the threaded tests' cases ---
+
+
+def test_a_queued_callback_that_raises_takes_the_request_out_again():
+    h = Harness()
+
+    def refuse(waiter):
+        raise ClientGone("client disconnected while queued")
+
+    with pytest.raises(ClientGone):
+        h.sw.enter("a", queued=refuse)
+    h.settle()
+    assert h.status()["models"]["a"]["queued"] == 0
+    assert h.hooks_pending() == [] and not h.switching, "a request that left caused no wake"
+
+
+def test_a_start_up_check_that_fails_leaves_everything_asleep():
+    h = Harness()
+
+    def broken():
+        raise OSError("state file unreadable")
+
+    h.sw.start(broken)
+    h.settle()
+    assert not h.switching and {m["state"] for m in h.status()["models"].values()} == {"asleep"}
+    r = h.request("a")
+    h.finish("a", "wake")
+    assert r.admitted
+
+
+def test_queue_positions_are_by_arrival_across_models():
+    h = Harness()
+    awake(h, "a")
+    held = h.request("a")
+    b1, c1, b2 = h.request("b"), h.request("c"), h.request("b")
+    assert [h.sw.progress(r.waiter)["position"] for r in (b1, c1, b2)] == [1, 2, 3]
+    queue = h.status()["models"]["b"]["queue"]
+    assert [q["position"] for q in queue] == [1, 3]
+    h.release(held)
+
+
+def test_a_request_arriving_while_its_model_sleeps_wakes_it_again():
+    h = Harness()
+    awake(h, "a")
+    h.sleep("a")
+    assert h.hooks_pending() == [("a", "sleep")]
+    r = h.request("a")
+    assert r.queued
+    h.finish("a", "sleep")
+    assert h.hooks_pending() == [("a", "wake")]
+    h.finish("a", "wake")
+    assert r.admitted
+
+
+def test_an_operator_sleep_whose_hook_fails_with_the_model_alive_keeps_it_serving():
+    h = Harness()
+    awake(h, "a")
+    h.sleep("a")
+    h.finish("a", "sleep", rc=1)  # alive still passes
+    assert h.state("a") == "awake" and not h.switching
+    assert h.events.of("model_put_to_sleep")[-1][2] is False
+    assert h.request("a").admitted
+
+
+def test_a_removed_awake_model_is_forgotten_after_the_next_switch():
+    h = Harness(("a", "b"))
+    awake(h, "a")
+    assert h.sw.reconfigure({"b": None}) == ["a"]
+    h.settle()
+    with pytest.raises(ModelNotFound):
+        h.request("a")
+    b = h.request("b")
+    h.finish("a", "sleep")
+    h.finish("b", "wake")
+    assert b.admitted and "a" not in h.status()["models"]
+
+
+def test_a_storm_of_requests_over_three_models_never_wedges():
+    """300 steps of random arrivals, releases, departures and hook outcomes; the
+    harness checks the invariants after each step; at the end everyone is served."""
+    import random
+
+    rng = random.Random(7)
+    h = Harness(failure_backoff_secs=0.5)
+    for _ in range(300):
+        roll = rng.random()
+        held = [r for r in h.requests if r.admitted and not r.released]
+        queued = [r for r in h.requests if r.queued]
+        if roll < 0.4:
+            h.request(rng.choice("abc"))
+        elif roll < 0.6 and held:
+            h.release(rng.choice(held))
+        elif roll < 0.65 and queued:
+            h.cancel(rng.choice(queued))
+        elif roll < 0.9 and h.hooks_pending():
+            model, kind = rng.choice(h.hooks_pending())
+            h.finish(model, kind, rc=0 if rng.random() < 0.9 else 1)
+        else:
+            h.advance(rng.choice([0.1, 1.0]))
+    # then let it run dry: finish every hook, release every ticket, until nobody waits
+    for _ in range(1000):
+        held = [r for r in h.requests if r.admitted and not r.released]
+        if held:
+            h.release(*held)
+        elif h.hooks_pending():
+            h.finish(*h.hooks_pending()[0])
+        elif any(r.queued for r in h.requests):
+            h.advance(1.0)  # a backoff may hold the next switch
+        else:
+            break
+    assert not any(r.queued for r in h.requests), "a request was never settled"
+    assert not h.switching
+    served = sum(r.admitted for r in h.requests)
+    assert served > 50, served
