@@ -22,10 +22,11 @@ from . import scenarios
 from .harness import Harness
 from .replay import Trace, replay
 from .report import machine, markdown, plot
+from .unit_suite import unit_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = sorted((ROOT / "benchmarks" / "traces").glob("*.jsonl"))
-ALL = ("non_streaming", "streaming", "scale", "switch_overhead", "waiting", "replay")
+ALL = ("non_streaming", "streaming", "scale", "switch_overhead", "waiting", "unit_suite", "replay")
 
 
 def main() -> int:
@@ -56,6 +57,8 @@ def main() -> int:
             results.append(_show(scenarios.switch_overhead(h, settings)))
         if "waiting" in chosen:
             results.append(_show(scenarios.waiting(h, settings)))
+        if "unit_suite" in chosen:
+            results.append(_show(unit_suite(settings)))
         if "replay" in chosen:
             for path in TRACES:
                 result = replay(h, Trace.load(path, settings.replay_secs))

@@ -28,7 +28,7 @@ if [ -n "${LLMUX_BENCH_PYTHON:-}" ]; then
 else
     VENV=${LLMUX_BENCH_VENV:-.venv-bench}
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q -e . psutil matplotlib
+    "$VENV/bin/pip" install -q -e '.[test]' matplotlib  # the test extra: the unit-suite row
     PY=$VENV/bin/python
 fi
 

@@ -50,6 +50,8 @@ class Settings:
     # 6. waiting: requests queued through one wake, and the wake's length
     waiters: int = 1000
     wait_window_secs: float = 3.0
+    # 7. the unit suite (a path under tests/): its wall time, the engine scenarios' times
+    unit_suite: str = "tests/unit"
     # 5. trace replay: seconds of each trace to replay (None: all)
     replay_secs: float | None = None
     peers: bool = True  # nginx
@@ -61,7 +63,7 @@ SMOKE = Settings(
     rounds=1, service_ms=100, concurrency=(8,), jitters=(0.5,), wrk_rounds=1, wrk_secs=1.0,
     throughput_secs=1.0, streams=(16,), chunks=10, scale_streams=50, scale_chunks=5,
     scale_gap_ms=50.0, switches=4, wake_secs=0.05, sleep_secs=0.02, replay_secs=2.0, litellm=False,
-    waiters=50, wait_window_secs=1.0,
+    waiters=50, wait_window_secs=1.0, unit_suite="tests/unit/engine",
 )  # fmt: skip
 
 
