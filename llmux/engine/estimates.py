@@ -62,20 +62,22 @@ def eta(
     backoff_until: float,
     costs: Costs,
     fraction: float | None,
+    resident_until: float = 0.0,
 ) -> float | None:
     """Seconds until ``model`` could serve a request that arrives now; None: unknown.
 
     0 when it is the ``active`` model and ``serving`` (awake, not draining); the
     rest of its switch when ``running`` brings it (``fraction``: that switch's
     wake progress); otherwise the rest of the running switch (or of the failure
-    backoff) plus a switch from where that leaves to ``model``. Queues of other
-    models that the policy may serve first are not counted.
+    backoff, or of the active model's ``resident_until``, its ``min_active_secs``)
+    plus a switch from where that leaves to ``model``. Queues of other models that
+    the policy may serve first are not counted.
     """
     if serving and active == model:
         return 0.0
     if running is not None and running.target == model:
         return switch_left(running, now, costs, fraction)
-    start, wait = active, max(0.0, backoff_until - now)
+    start, wait = active, max(0.0, backoff_until - now, resident_until - now)
     if running is not None:
         left = switch_left(running, now, costs, fraction)
         if left is None:

@@ -222,7 +222,9 @@ def reconcile(
     if not candidates:
         return None
     alive = [m for m in candidates if run_hook(m, "alive").ok]
-    keep = choose(alive) if choose is not None else (alive[0] if alive else None)
+    keep = choose(alive) if choose is not None and alive else None
+    if alive and keep not in alive:  # a policy answer outside its choices: take the first
+        keep = alive[0]
     for model in candidates:
         if model != keep and (model in alive or recorded.get(model) in ("waking", "failed")):
             run_hook(model, "sleep")  # a second live model, or a half-started one

@@ -143,6 +143,9 @@ class FifoPolicy:
         return model, snap.last_used[model] + idle
 
     def estimate(self, snap: Snapshot, model: str) -> float | None:
+        resident_until = 0.0
+        if snap.active is not None and snap.active != model and snap.awake_since is not None:
+            resident_until = snap.awake_since + snap.min_active_secs  # decide() waits it out
         return estimates.eta(
             model,
             snap.now,
@@ -152,6 +155,7 @@ class FifoPolicy:
             backoff_until=snap.backoff_until,
             costs=snap.costs,
             fraction=snap.wake_fraction,
+            resident_until=resident_until,
         )
 
     def keep_at_start(self, alive: Sequence[str]) -> str | None:

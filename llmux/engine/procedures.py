@@ -305,18 +305,23 @@ class Procedures:
             except Exception:
                 log.exception("cleanup of %s failed", name, extra={"event": "switch_crashed"})
         with self._locked:
-            for m in self._models.values():
-                if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
-                    self._set_state(m, AWAKE)
-                elif m.state in (WAKING, SLEEPING):
-                    self._set_state(m, FAILED)
-                    self._backoff_until = self.clock() + self.settings.failure_backoff_secs
-            if running is not None and running.target in self._models:
-                error = ModelUnavailable(f"switch to model '{running.target}' failed unexpectedly")
-                self._fail_waiters(self._models[running.target], error, "failed")
-                self._finish_switch(
-                    self._active, running.target, running.started, ok=False, error="internal error"
-                )
+            self._recover_states(running)
+
+    def _recover_states(self, running) -> None:
+        """The state half of :meth:`_recover`, with no hook (lock held): what a procedure
+        killed mid-way can still do, since it may not yield any more."""
+        for m in self._models.values():
+            if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
+                self._set_state(m, AWAKE)
+            elif m.state in (WAKING, SLEEPING):
+                self._set_state(m, FAILED)
+                self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+        if running is not None and running.target in self._models:
+            error = ModelUnavailable(f"switch to model '{running.target}' failed unexpectedly")
+            self._fail_waiters(self._models[running.target], error, "failed")
+            self._finish_switch(
+                self._active, running.target, running.started, ok=False, error="internal error"
+            )
 
     # --- a model put to sleep with no switch behind it ---
 
@@ -352,6 +357,9 @@ class Procedures:
         except Exception:
             log.exception("putting %s to sleep crashed", model, extra={"event": "sleep_crashed"})
             error = "internal error"
+        except GeneratorExit:  # the thread running it is being killed: the hook may have
+            error = "interrupted"  # been cut off, so the model counts as still up
+            raise
         finally:  # whatever happened, the slot is freed and the model is in a real state
             with self._locked:
                 if error or abandoned or m.state == DRAINING:

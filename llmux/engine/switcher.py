@@ -92,6 +92,8 @@ CLIENT_POLL_SECS = 0.1
 # wait nothing would end (gevent raises LoopExit on one that nothing could).
 QUEUE_WAIT_SECS = 5.0
 MAX_WAIT_SECS = 1.0
+# The earliest a policy's WaitUntil is acted on, however early it says.
+MIN_WAIT_UNTIL_SECS = 0.05
 
 
 class Hooks(Protocol):
@@ -424,7 +426,9 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             self._admit_all(self._models[self._active])
         snap = self._snapshot(self.clock())
         decision = self.policy.decide(snap)
-        self._wake_at = decision.when if isinstance(decision, WaitUntil) else None
+        self._wake_at = None
+        if isinstance(decision, WaitUntil):  # never in the past: the timer would spin
+            self._wake_at = max(decision.when, snap.now + MIN_WAIT_UNTIL_SECS)
         if isinstance(decision, SwitchTo):
             self._begin_switch(decision.model)
             self._take_slot("switch", self._switch(decision.model), spawn=True)
@@ -464,6 +468,12 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
                 ours = self._switching and self._slot_epoch == epoch
             if ours:  # else it crashed after freeing the slot, maybe taken again since
                 yield from self._recover()
+        except GeneratorExit:  # the thread running it is being killed: no more hooks
+            log.warning("%s interrupted", name, extra={"event": "switch_crashed"})
+            with self._locked:
+                if self._switching and self._slot_epoch == epoch:
+                    self._recover_states(self._running)
+            raise
         finally:
             with self._locked:
                 if self._switching and self._slot_epoch == epoch:

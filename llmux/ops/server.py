@@ -171,10 +171,6 @@ class LlmuxServer(Application):
         self.verbose = verbose
         super().__init__()
 
-    def init(self, parser, opts, args):
-        """gunicorn's own command line is not read: ``llmux serve`` has its own."""
-        return None
-
     def load_config(self) -> None:
         """llmux's gunicorn settings, then the gunicorn config file if one is given
         (gunicorn's own loader, so its errors read as gunicorn's), then the bind
@@ -182,8 +178,14 @@ class LlmuxServer(Application):
         for key, value in gunicorn_settings(self.log_format).items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
+        # what gunicorn shows as its config file (its default names ./gunicorn.conf.py)
+        self.cfg.set("config", self.gunicorn_config)
         if self.gunicorn_config:
             self.load_config_from_file(self.gunicorn_config)
+        # Application.run would load the app in the master for these, before gevent
+        # patched anything, and take the hooks' ownership there: ``llmux check`` checks
+        for key in ("check_config", "print_config"):
+            self.cfg.set(key, False)
         self.cfg.set("bind", [self.bind])
         level = "DEBUG" if self.verbose else "INFO"
         self.cfg.set("logconfig_dict", logging_config(self.log_format, level))

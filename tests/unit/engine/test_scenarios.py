@@ -605,3 +605,76 @@ def test_a_storm_of_requests_over_three_models_never_wedges():
     assert not h.switching
     served = sum(r.admitted for r in h.requests)
     assert served > 50, served
+
+
+# --- a thread killed mid-way (gunicorn's graceful timeout, a cancelled greenlet) ---
+
+
+def kill(h: Harness, name: str) -> None:
+    """What a killed thread does to the procedure it ran: it is closed mid-way."""
+    step = next(s for s in h.runner.steps if s.name in (name, f"llmux-{name}"))
+    h.runner.steps.remove(step)
+    step.procedure.close()
+    h.settle()
+
+
+def test_a_switch_killed_mid_drain_leaves_the_old_model_serving():
+    h = Harness()
+    awake(h, "a")
+    held = h.request("a")
+    b = h.request("b")
+    kill(h, "llmux-switch")
+    assert isinstance(b.error, ModelUnavailable)
+    assert h.state("a") == "awake" and not h.switching and h.request("a").admitted
+    h.release(held)
+
+
+def test_a_sleep_killed_during_its_hook_counts_the_model_as_still_up():
+    h = Harness()
+    awake(h, "a")
+    h.sleep("a")
+    assert h.hooks_pending() == [("a", "sleep")]
+    kill(h, "sleep")
+    assert h.state("a") == "awake" and not h.switching
+    assert h.events.of("model_put_to_sleep")[-1][2:5:2] == (False, "interrupted")
+
+
+def test_a_wait_until_in_the_past_does_not_spin_the_timer():
+    from llmux.engine.policy import FifoPolicy, WaitUntil
+
+    class Confused(FifoPolicy):
+        def decide(self, snap):
+            return WaitUntil(snap.now - 10) if "b" in snap.queues else super().decide(snap)
+
+    h = Harness(policy=Confused())
+    awake(h, "a")
+    h.request("b")
+    h.advance(1.0)  # the harness fails if the timer keeps finding itself due
+    assert h.hooks_pending() == []
+
+
+def test_reconcile_keeps_the_first_live_model_when_a_policy_names_another():
+    from llmux.engine.hooks import HookResult
+    from llmux.engine.ownership import reconcile
+
+    calls = []
+
+    def run_hook(model, kind):
+        calls.append((model, kind))
+        return HookResult(kind, 0 if model in ("a", "b") else 1, 0.0)
+
+    kept = reconcile(
+        {"a": "awake", "b": "waking"}, ["a", "b", "c"], run_hook, choose=lambda alive: "c"
+    )
+    assert kept == "a" and ("b", "sleep") in calls and ("a", "sleep") not in calls
+
+
+def test_the_estimate_counts_the_residency_a_switch_must_wait_out():
+    h = Harness(min_active_secs=10.0)
+    r = h.request("a")
+    h.advance(2.0)
+    h.finish("a", "wake")  # a switch costs 2 s; a is resident for 10 s from now
+    h.release(r)
+    h.advance(3.0)
+    h.request("b")
+    assert h.status()["models"]["b"]["estimated_wait_secs"] == 9.0  # 7 s resident, 2 s switch
