@@ -30,6 +30,7 @@ import time
 
 from .events import Observer
 from .hooks import group_members
+from .states import ASLEEP, AWAKE, FAILED, WAKING
 
 log = logging.getLogger("llmux.ownership")
 
@@ -171,7 +172,7 @@ class StateRecorder(Observer):
         self.hook_groups: set[int] = set()
 
     def state_changed(self, model, state):
-        if state == "asleep":
+        if state == ASLEEP:
             self.states.pop(model, None)
         else:
             self.states[model] = state
@@ -212,8 +213,8 @@ def reconcile(
     ``keep_at_start``; default: the first) picks the one kept. A half-woken one
     is put to sleep unless it is the one kept.
     """
-    candidates = [m for m, state in recorded.items() if m in models and state != "asleep"]
-    candidates.sort(key=lambda m: recorded[m] != "awake")  # the awake one first
+    candidates = [m for m, state in recorded.items() if m in models and state != ASLEEP]
+    candidates.sort(key=lambda m: recorded[m] != AWAKE)  # the awake one first
     if adopt:
         rest = sorted(
             (m for m in models if m not in candidates), key=lambda m: m != prefer
@@ -226,7 +227,7 @@ def reconcile(
     if alive and keep not in alive:  # a policy answer outside its choices: take the first
         keep = alive[0]
     for model in candidates:
-        if model != keep and (model in alive or recorded.get(model) in ("waking", "failed")):
+        if model != keep and (model in alive or recorded.get(model) in (WAKING, FAILED)):
             run_hook(model, "sleep")  # a second live model, or a half-started one
     log.info(
         "found %s awake at start",

@@ -29,10 +29,9 @@ from typing import Protocol
 
 from . import estimates
 from .estimates import IDLE, RunningSwitch
+from .states import AWAKE
 
 __all__ = ["IDLE", "FifoPolicy", "Policy", "Snapshot", "make_policy", "ServiceTimes", "SwitchCosts"]
-
-AWAKE = "awake"  # a model's state, as ModelState's value (the policy needs no enum)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from .waiters import Waiter, ahead_of, holds, positions
 class Reports:
     """Mixed into :class:`~llmux.engine.switcher.Switcher`; reads its state under its lock."""
 
-    def _eta(self, model: str, now: float) -> float | None:
+    def _eta(self, model: str, now: float, snap=None) -> float | None:
         """The policy's estimate (:meth:`~llmux.engine.policy.Policy.estimate`) of the
-        seconds until ``model`` could serve; None for an unknown model or estimate."""
+        seconds until ``model`` could serve; None for an unknown model or estimate.
+        ``snap``: a snapshot taken at ``now`` under the same lock hold, to reuse."""
         if model not in self._models:
             return None
-        return self.policy.estimate(self._snapshot(now), model)
+        return self.policy.estimate(snap or self._snapshot(now), model)
 
     def _wake_fraction(self) -> float | None:
         """The fraction the running switch's wake hook printed, if it runs and printed."""
@@ -81,6 +82,7 @@ class Reports:
         with self._locked:
             now = self.clock()
             places = positions(m.waiters for m in self._models.values())
+            snap = self._snapshot(now)  # one for every model's estimate
             return {
                 "active": self._active,
                 "switching": self._switching,
@@ -94,7 +96,7 @@ class Reports:
                         if m.state == AWAKE and not m.in_flight
                         else None,
                         "idle_sleep_secs": m.idle_sleep_secs,
-                        "estimated_wait_secs": estimates.rounded(self._eta(n, now)),
+                        "estimated_wait_secs": estimates.rounded(self._eta(n, now, snap)),
                         "hook_progress": self._hook_progress(n),
                         "queue": [
                             {"position": places[w], "waited_secs": now - w.since} for w in m.waiters

@@ -31,13 +31,14 @@ from .. import __version__
 from ..engine.events import Observer
 from ..engine.hooks import HookResult
 from ..engine.policy import IDLE
+from ..engine.states import ModelState
 
 # 1 ms to 30 min: a request's first byte and a cold start of a large model alike
 BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, float("inf"),
 )  # fmt: skip
-STATES = ("asleep", "waking", "awake", "draining", "sleeping", "failed")
+STATES = tuple(ModelState)
 
 
 class Metrics(Observer):
@@ -141,7 +142,7 @@ class Metrics(Observer):
         """Give every per-model series a first sample (at start, and for a reload's new models)."""
         for model in models:
             self.models.add(model)
-            self.state_changed(model, "asleep")
+            self.state_changed(model, ModelState.ASLEEP)
             self.queue_depth.labels(model).set(0)
             self.in_flight.labels(model).set(0)
 

@@ -33,6 +33,7 @@ from ..engine.events import Observers
 from ..engine.hooks import HookRunner
 from ..engine.ownership import Ownership, StateRecorder, reconcile
 from ..engine.policy import make_policy
+from ..engine.states import ModelState
 from ..engine.switcher import Switcher, SwitchSettings
 from ..errors import (
     BackendUnreachable,
@@ -103,7 +104,7 @@ class Gateway:
             prefer=startup.preload,
             choose=self.switcher.policy.keep_at_start,
         )
-        self.ownership.record({awake: "awake"} if awake else {})
+        self.ownership.record({awake: ModelState.AWAKE} if awake else {})
         return awake
 
     def authorize(self, header: str | None, x_api_key: str | None, config: Config) -> None:

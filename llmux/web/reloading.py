@@ -22,6 +22,7 @@ import threading
 
 from ..config import Config, ConfigError, load_config
 from ..engine.policy import make_policy
+from ..engine.states import ModelState
 from ..engine.switcher import SwitchSettings
 from ..errors import Busy, InvalidConfig, LlmuxError
 
@@ -110,8 +111,8 @@ def changes_of_live_models(old: Config, new: Config, states: dict[str, str]) -> 
     problems = []
     for name, spec in new.models.items():
         before = old.models.get(name)
-        state = states.get(name, "asleep")
-        if before is None or state == "asleep":
+        state = states.get(name, ModelState.ASLEEP)
+        if before is None or state == ModelState.ASLEEP:
             continue
         # what its backend was started with: it listens there, and answers to that name
         for key in ("port", "upstream_model"):
