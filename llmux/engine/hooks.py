@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from .hook_output import TAIL_BYTES, OutputKeeper, Progress, Tail, read_some
 
 __all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "Progress", "run_hook"]
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
+EXITED, TIMED_OUT, STOPPED = "exited", "timed out", "stopped"  # how a hook run ended
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,21 @@ class HookResult:
     returncode: int | None
     duration: float
     timed_out: bool = False
+    aborted: bool = False  # stopped by llmux (:meth:`HookRunner.abort`)
     stdout: str = ""
     stderr: str = ""
     error: str = ""  # the hook could not even be started
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and not self.error
+        return self.returncode == 0 and not self.timed_out and not self.aborted and not self.error
 
     def describe(self) -> str:
         if self.error:
             return f"{self.hook} hook could not start: {self.error}"
-        if self.timed_out:
+        if self.aborted:
+            what = f"{self.hook} hook stopped by llmux after {self.duration:.1f}s"
+        elif self.timed_out:
             what = f"{self.hook} hook timed out after {self.duration:.1f}s"
         else:
             what = f"{self.hook} hook failed with exit code {self.returncode}"
@@ -77,10 +82,13 @@ def run_hook(
     keeper: OutputKeeper | None = None,
     owner: str = "",
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> HookResult:
     """Run one hook; ``tracker.spawned(pgid)``/``tracker.exited(pgid)`` bracket its life.
 
     ``progress`` is fed the hook's output as it comes (``LLMUX_PROGRESS`` lines).
+    Once ``stop`` is set, the hook's process group is ended as on a timeout (within
+    about 50 ms) and the result says ``aborted``.
 
     Output pipes still held open by background processes once the shell has
     exited go to ``keeper`` under ``owner``, which reads them to the end;
@@ -118,13 +126,13 @@ def run_hook(
     else:
         tails = {out_r: Tail(), err_r: Tail()}
     still_open = set(tails)  # not at end of file yet
-    timed_out = False
+    ended = EXITED
     if tracker is not None:
         tracker.spawned(proc.pid)
     try:
         deadline = start + timeout
-        if not _pump_until_exit(proc, tails, still_open, deadline):
-            timed_out = True
+        ended = _pump_until_exit(proc, tails, still_open, deadline, stop)
+        if ended != EXITED:
             _terminate_group(proc, tails, still_open, kill_grace)
         _drain_ready(tails, still_open)
     finally:
@@ -143,26 +151,34 @@ def run_hook(
         hook,
         proc.returncode,
         time.monotonic() - start,
-        timed_out=timed_out,
+        timed_out=ended == TIMED_OUT,
+        aborted=ended == STOPPED,
         stdout=tails[out_r].text(),
         stderr=tails[err_r].text(),
     )
 
 
 def _pump_until_exit(
-    proc: subprocess.Popen, tails: dict[int, Tail], still_open: set[int], deadline: float
-) -> bool:
-    """Read output until the shell exits (True) or the deadline passes (False).
+    proc: subprocess.Popen,
+    tails: dict[int, Tail],
+    still_open: set[int],
+    deadline: float,
+    stop: threading.Event | None = None,
+) -> str:
+    """Read output until the shell exits (:data:`EXITED`), the deadline passes
+    (:data:`TIMED_OUT`) or ``stop`` is set (:data:`STOPPED`).
 
     Descriptors that reach end of file are taken out of ``still_open``.
     """
     pause = _POLL_MIN
     while True:
         if proc.poll() is not None:
-            return True
+            return EXITED
+        if stop is not None and stop.is_set():
+            return STOPPED
         left = deadline - time.monotonic()
         if left <= 0:
-            return False
+            return TIMED_OUT
         if still_open:
             # Both pipes at EOF usually means the shell exited; then wait() is immediate.
             ready = readable(list(still_open), min(left, pause))
@@ -176,11 +192,11 @@ def _pump_until_exit(
             if not ready:
                 pause = min(pause * 2, _POLL_MAX)
         else:
-            try:
-                proc.wait(timeout=left)
-                return True
+            try:  # in slices, so that a stop is seen
+                proc.wait(timeout=min(left, _POLL_MAX))
+                return EXITED
             except subprocess.TimeoutExpired:
-                return False
+                continue
 
 
 def _drain_ready(tails: dict[int, Tail], still_open: set[int]) -> None:
@@ -278,6 +294,7 @@ class HookRunner:
         self.keeper = keeper if keeper is not None else OutputKeeper()
         self._former: dict = {}  # removed model -> the config that still defines it
         self._progress: dict[str, Progress] = {}  # model -> its last wake hook's progress
+        self._stops: dict[str, threading.Event] = {}  # model -> the stop of its running wake
 
     def update(self, config) -> None:
         """Use ``config`` from the next hook run on."""
@@ -309,9 +326,10 @@ class HookRunner:
         env.update(LLMUX_MODEL=model, LLMUX_PORT=str(spec.port), LLMUX_HOOK=kind)
         # lets a hook run llmux's own tools (the demo's fake backend) from any venv
         env.setdefault("LLMUX_PYTHON", sys.executable)
-        progress = None
+        progress = stop = None
         if kind == "wake":
             progress = self._progress[model] = Progress()
+            stop = self._stops[model] = threading.Event()
         return run_hook(
             spec.hook(kind),
             hook=kind,
@@ -323,7 +341,15 @@ class HookRunner:
             keeper=self.keeper,
             owner=model,
             progress=progress,
+            stop=stop,
         )
+
+    def abort(self, model: str) -> None:
+        """End ``model``'s running wake hook (its whole process group); its run
+        returns at once with ``aborted`` set. Nothing happens if none runs."""
+        stop = self._stops.get(model)
+        if stop is not None:
+            stop.set()
 
     def progress(self, model: str) -> float | None:
         """The fraction (0-1) the last wake hook of ``model`` said it reached, or None."""

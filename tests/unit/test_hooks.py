@@ -1,6 +1,7 @@
 """The hook runner against real `sh` snippets."""
 
 import os
+import threading
 import time
 
 import pytest
@@ -40,6 +41,39 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert len(children) == 2
     assert not any(alive(p) for p in children), "a grandchild survived the timeout"
     assert r.describe().startswith("wake hook timed out after 0.5s")
+
+
+def test_a_stop_ends_the_whole_process_group_at_once(tmp_path):
+    pids = tmp_path / "pids"
+    snippet = f"sleep 1000 & echo $! >> {pids}; echo loading; sleep 1000 & echo $! >> {pids}; wait"
+    stop = threading.Event()
+
+    class StopWhenTwoChildren:
+        """Sets ``stop`` once both grandchildren exist, from inside the runner's loop."""
+
+        def spawned(self, pgid):
+            def watch():
+                deadline = time.monotonic() + 10  # then stop anyway: the asserts will say
+                while time.monotonic() < deadline:
+                    if pids.exists() and len(pids.read_text().split()) == 2:
+                        break
+                    time.sleep(0.01)
+                stop.set()
+
+            threading.Thread(target=watch, daemon=True).start()
+
+        def exited(self, pgid):
+            pass
+
+    started = time.monotonic()
+    r = run_hook(
+        snippet, hook="wake", timeout=60, kill_grace=1, stop=stop, tracker=StopWhenTwoChildren()
+    )
+    assert r.aborted and not r.timed_out and not r.ok
+    assert time.monotonic() - started < 5  # not the 60 s timeout
+    assert not any(alive(int(p)) for p in pids.read_text().split())
+    assert r.stdout == "loading\n"
+    assert r.describe().startswith("wake hook stopped by llmux after")
 
 
 def test_timeout_escalates_to_sigkill(tmp_path):
