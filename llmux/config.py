@@ -74,6 +74,15 @@ def seconds(*, allow_zero: bool = False) -> Callable[[Any], float]:
     return check
 
 
+def number(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if _is_number(value) and lo <= value <= hi:
+            return float(value)
+        raise ValueError(f"expected a number {lo:g}-{hi:g}, got {_show(value)}")
+
+    return check
+
+
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def check_optional(value: Any) -> Any:
         return None if value is None else check(value)
@@ -216,6 +225,13 @@ class ModelConfig:
     upstream_model: str | None = setting(None, optional(text))
     # None: the top-level stream_loading
     stream_loading: bool | None = setting(None, optional(boolean))
+    # cost_aware: how much this model's waiting work counts against others'
+    weight: float = setting(1.0, number(0.01, 100))
+    # requests the backend serves at once (vLLM --max-num-seqs, llama.cpp --parallel);
+    # cost_aware's estimate of how long a queue takes to clear. llmux does not cap at it.
+    concurrency: int | None = setting(None, optional(integer(1, 100_000)))
+    # what a wake is expected to take until a switch into this model was measured
+    wake_estimate_secs: float | None = setting(None, optional(seconds()))
 
     def hook(self, kind: str) -> str:
         return getattr(self, kind)
@@ -223,8 +239,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    # `policy_type` is what the Rust llmux calls the policy; only fifo exists so far.
-    policy_type: str = setting("fifo", one_of("fifo"))
+    # `policy_type` is what the Rust llmux calls the policy (llmux.engine.policies)
+    policy_type: str = setting("fifo", one_of("fifo", "cost_aware"))
     request_timeout_secs: float | None = setting(None, optional(seconds()))
     drain_before_switch: bool = setting(True, boolean)
     drain_timeout_secs: float | None = setting(None, optional(seconds()))
@@ -233,6 +249,11 @@ class PolicyConfig:
     failure_backoff_secs: float = setting(2.0, seconds(allow_zero=True))
     # put the awake model to sleep this long after its last response ended
     idle_sleep_secs: float | None = setting(None, optional(seconds()))
+    # cost_aware: the starvation bound; raised to twice a measured round-trip switch
+    max_wait_secs: float = setting(120.0, seconds())
+    # cost_aware: a woken model serves this many times its switch cost before others
+    # that wait (not too long) take the GPU
+    quantum_factor: float = setting(1.0, number(0, 100))
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,18 @@
 
 Usage::
 
-    policy = make_policy("fifo")        # policy.policy_type
+    policy = FifoPolicy()               # or policies.make_policy(config.policy, models)
     policy.decide(snap)                 # Stay() | SwitchTo("qwen") | WaitUntil(t)
     policy.admits(snap, "qwen")         # may requests for the awake "qwen" go in now?
     policy.idle_due(snap)               # ("qwen", when) its idle sleep falls due, or None
     policy.estimate(snap, "qwen")       # seconds until "qwen" could serve a new request
     policy.keep_at_start(["a", "b"])    # which of the models found alive to keep
+    policy.aborts_wake(snap, "qwen")    # stop its wake: nobody waits for it any more
+    policy.bound(snap, "qwen")          # the longest a request of "qwen" may wait, or None
 
 The switcher builds a :class:`Snapshot` under its lock, asks the policy, and
 carries the answer out; a policy never touches switcher state, so it can be
-tested from tables and swapped (:func:`make_policy`) without the switcher
+tested from tables and swapped (:func:`~llmux.engine.policies.make_policy`) without the switcher
 knowing which one runs. What is mechanism, not choice, stays in the switcher:
 one switch at a time, a model's requests admitted in arrival order, the commit
 points of a switch (which call :meth:`Policy.decide` again).
@@ -22,6 +24,7 @@ per (from, to) pair; :class:`ServiceTimes` that of request service times per mod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,7 +34,7 @@ from . import estimates
 from .estimates import IDLE, RunningSwitch
 from .states import AWAKE
 
-__all__ = ["IDLE", "FifoPolicy", "Policy", "Snapshot", "make_policy", "ServiceTimes", "SwitchCosts"]
+__all__ = ["IDLE", "FifoPolicy", "Policy", "Snapshot", "ServiceTimes", "SwitchCosts"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,11 @@ class Snapshot:
     only). ``costs`` are switch-cost averages per (from, to) pair, "idle" as the
     from of a cold start; ``service_secs`` the average time a request of the
     model held its ticket; ``running`` the switch in the slot, with
-    ``wake_fraction`` its wake hook's printed progress.
+    ``wake_fraction`` its wake hook's printed progress. ``queue_weights`` gives,
+    per model with waiters, ``(count, sum of priority weights, sum of weight x
+    arrival)``, so aged work is O(1) per queue; ``came_from`` is the model the
+    active one was switched from (``"idle"`` after a cold start); ``arrivals``
+    each model's recent request rate.
     """
 
     now: float
@@ -61,6 +68,9 @@ class Snapshot:
     switching: bool = False
     running: RunningSwitch | None = None
     wake_fraction: float | None = None
+    queue_weights: Mapping[str, tuple[int, float, float]] = field(default_factory=dict)
+    came_from: str | None = None
+    arrivals: ArrivalRates | None = None
 
 
 @dataclass(frozen=True)
@@ -104,15 +114,27 @@ class Policy(Protocol):
         """Of the models found alive at start-up (most preferred first: the one recorded
         awake, half-started ones, the preload, config order), the one to keep."""
 
+    def aborts_wake(self, snap: Snapshot, model: str) -> bool:
+        """Whether to stop the running wake of ``model``, whose waiters have all left."""
+
+    def bound(self, snap: Snapshot, model: str) -> float | None:
+        """The longest a request of ``model`` should wait (seconds), or None: no bound."""
+
 
 class FifoPolicy:
     """Serve the model of the oldest waiter, as soon as backoff and residency allow.
 
     Requests for the awake model are always admitted; the active model sleeps
-    after its ``idle_sleep_secs`` with nothing in flight and nobody waiting.
+    after its ``idle_sleep_secs`` with nothing in flight and nobody waiting. A
+    wake runs to its end even when its waiters left (SPEC §5). ``wake_estimates``
+    (model -> seconds) seed the estimates until a switch into the model was measured.
     """
 
     name = "fifo"
+    wake_estimates: Mapping[str, float] = MappingProxyType({})  # until __init__ sets its own
+
+    def __init__(self, *, wake_estimates: Mapping[str, float] | None = None):
+        self.wake_estimates = dict(wake_estimates or {})
 
     def decide(self, snap: Snapshot) -> Decision:
         waiting = {m: q for m, q in snap.queues.items() if q}
@@ -145,6 +167,9 @@ class FifoPolicy:
         resident_until = 0.0
         if snap.active is not None and snap.active != model and snap.awake_since is not None:
             resident_until = snap.awake_since + snap.min_active_secs  # decide() waits it out
+        return self._eta(snap, model, resident_until)
+
+    def _eta(self, snap: Snapshot, model: str, resident_until: float) -> float | None:
         return estimates.eta(
             model,
             snap.now,
@@ -155,19 +180,17 @@ class FifoPolicy:
             costs=snap.costs,
             fraction=snap.wake_fraction,
             resident_until=resident_until,
+            seeds=self.wake_estimates,
         )
 
     def keep_at_start(self, alive: Sequence[str]) -> str | None:
         return alive[0] if alive else None
 
+    def aborts_wake(self, snap: Snapshot, model: str) -> bool:
+        return False
 
-POLICIES = {FifoPolicy.name: FifoPolicy}
-
-
-def make_policy(name: str) -> Policy:
-    """The policy ``policy.policy_type`` names; KeyError for an unknown one (the
-    config's validator allows only names in :data:`POLICIES`)."""
-    return POLICIES[name]()
+    def bound(self, snap: Snapshot, model: str) -> float | None:
+        return None
 
 
 class SwitchCosts:
@@ -216,3 +239,21 @@ class ServiceTimes:
     def view(self) -> Mapping[str, float]:
         """The averages, read-only and live, for a :class:`Snapshot`."""
         return self._view
+
+
+class ArrivalRates:
+    """Per-model request arrival rate (requests per second), exponentially decayed
+    with time constant ``tau`` seconds: each arrival adds ``1/tau``, and the sum
+    decays by ``exp(-dt/tau)``, so the rate of a steady stream converges to its
+    true rate and a model that stops getting requests fades to 0."""
+
+    def __init__(self, tau: float = 60.0):
+        self.tau = tau
+        self._rate: dict[str, tuple[float, float]] = {}  # model -> (rate, at)
+
+    def observe(self, model: str, now: float) -> None:
+        self._rate[model] = (self.rate(model, now) + 1.0 / self.tau, now)
+
+    def rate(self, model: str, now: float) -> float:
+        rate, at = self._rate.get(model, (0.0, now))
+        return rate * math.exp(-max(now - at, 0.0) / self.tau)

@@ -34,6 +34,7 @@ from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING
 log = logging.getLogger("llmux.switcher")
 
 ALIVE_FIRST_INTERVAL, ALIVE_MAX_INTERVAL = 0.05, 1.0
+ABORTED = "stopped: nobody waits for it any more"  # what _wake returns for a stopped wake
 
 
 class Procedures:
@@ -96,6 +97,9 @@ class Procedures:
             self._running = dataclasses.replace(self._running, wake_started=t0)
         failure = yield from self._wake(target)
         phases["wake"] = self.clock() - t0
+        if failure is ABORTED:
+            yield from self._stop_wake(source, target, started, phases)
+            return
         with self._locked:
             m = self._models[target]
             if failure is not None:
@@ -112,8 +116,29 @@ class Procedures:
             self._set_state(m, AWAKE)
             m.awake_since = m.last_used = self.clock()
             self._active = target
+            self._came_from = source
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
+
+    def _stop_wake(self, source, target: str, started: float, phases: dict) -> Procedure:
+        """The wake was stopped (nobody waits for ``target``): sleep hook, then decide again."""
+        with self._locked:
+            self._set_state(self._models[target], SLEEPING)
+        t0 = self.clock()
+        result, still_alive = yield from self._sleep_hook(target)
+        phases["sleep"] = self.clock() - t0
+        with self._locked:
+            m = self._models[target]
+            if result.ok or not still_alive:
+                self._went_to_sleep(m)
+            else:  # up, but nobody counts on it: a failed wake, so it is woken afresh
+                self._set_state(m, FAILED)
+                self._backoff_until = self.clock() + self.settings.failure_backoff_secs
+            reason = "nobody waits for it any more"
+            seconds = self.clock() - started
+            self._record_switch(source, target, "abandoned", reason, seconds, phases)
+            self._emit(ev.SwitchAbandoned(source, target, reason, seconds))
+            self._free_slot()
 
     def _begin_switch(self, target: str) -> None:
         """Take note of a switch about to start (lock held, switching slot taken)."""
@@ -235,10 +260,15 @@ class Procedures:
             self._finish_switch(source, target, started, ok=False, error=reason)
 
     def _wake(self, target: str) -> Procedure:
-        """Run ``wake`` and poll ``alive`` (state already ``waking``); why it failed, or None."""
+        """Run ``wake`` and poll ``alive`` (state already ``waking``); why it failed,
+        None, or :data:`ABORTED` when it was stopped (the caller puts it to sleep)."""
         result = yield from self._hook(target, "wake")
+        if self._aborting():
+            return ABORTED
         if result.ok:
             result = yield from self._wait_alive(target)
+            if self._aborting():
+                return ABORTED
             if result.ok:
                 return None
             failure = (
@@ -261,7 +291,7 @@ class Procedures:
         interval = ALIVE_FIRST_INTERVAL
         while True:
             result = yield RunHook(model, "alive")
-            if result.ok or self.clock() >= deadline:
+            if result.ok or self.clock() >= deadline or self._aborting():
                 break
             with self._locked:
                 self._emit(ev.AliveProbeFailed(model, result))
@@ -271,6 +301,11 @@ class Procedures:
         with self._locked:
             self._emit(ev.HookFinished(model, result))
         return result
+
+    def _aborting(self) -> bool:
+        """Whether the running switch's wake is to be stopped (``_check_wake_wanted``)."""
+        with self._locked:
+            return self._running is not None and self._running.aborting
 
     def _hook(self, model: str, kind: str) -> Procedure:
         """Run one hook and report it; its :class:`HookResult`."""

@@ -75,7 +75,8 @@ class Reports:
         """Everything the admin API shows about models, queues and switches.
 
         Per model, besides its state and counters: ``estimated_wait_secs`` (see
-        :meth:`_eta`; what ``Retry-After`` says) and ``queue``, its waiting
+        :meth:`_eta`; what ``Retry-After`` says), ``wait_bound_secs`` (the policy's
+        starvation bound in force, None without one) and ``queue``, its waiting
         requests as ``{"position", "waited_secs"}`` (position among all models'
         queued requests, by arrival).
         """
@@ -84,6 +85,7 @@ class Reports:
             places = positions(m.waiters for m in self._models.values())
             snap = self._snapshot(now)  # one for every model's estimate
             return {
+                "policy": self.policy.name,
                 "active": self._active,
                 "switching": self._switching,
                 "models": {
@@ -97,6 +99,7 @@ class Reports:
                         else None,
                         "idle_sleep_secs": m.idle_sleep_secs,
                         "estimated_wait_secs": estimates.rounded(self._eta(n, now, snap)),
+                        "wait_bound_secs": estimates.rounded(self.policy.bound(snap, n)),
                         "hook_progress": self._hook_progress(n),
                         "queue": [
                             {"position": places[w], "waited_secs": now - w.since} for w in m.waiters
@@ -110,6 +113,12 @@ class Reports:
                     for (a, b), secs in sorted(self.costs.snapshot().items())
                 ],
             }
+
+    def bounds(self) -> dict[str, float | None]:
+        """Model -> the policy's starvation bound in force now (seconds; None: none)."""
+        with self._locked:
+            snap = self._snapshot(self.clock())
+            return {n: self.policy.bound(snap, n) for n in self._models}
 
     def state(self, model: str) -> str:
         with self._locked:

@@ -28,7 +28,8 @@ ASLEEP, WAKING, AWAKE, DRAINING, SLEEPING, FAILED = ModelState
 TRANSITIONS: Mapping[ModelState, frozenset[ModelState]] = {
     # woken; found awake at start-up
     ASLEEP: frozenset({WAKING, AWAKE}),
-    WAKING: frozenset({AWAKE, FAILED}),
+    # woke; failed; stopped because nobody waits for it (then its sleep hook runs)
+    WAKING: frozenset({AWAKE, FAILED, SLEEPING}),
     # a switch or sleep begins; its backend was found gone
     AWAKE: frozenset({DRAINING, ASLEEP}),
     # drained; the switch or sleep was abandoned (it keeps serving)

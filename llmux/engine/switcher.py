@@ -61,12 +61,20 @@ from .delivery import EventDelivery, Section
 from .effects import AwaitDrain, Call, Effect, Pause, Procedure, RunHook, Runner, ThreadRunner
 from .events import Observer
 from .hooks import HookResult
-from .policy import FifoPolicy, ServiceTimes, Snapshot, SwitchCosts, SwitchTo, WaitUntil
+from .policy import (
+    ArrivalRates,
+    FifoPolicy,
+    ServiceTimes,
+    Snapshot,
+    SwitchCosts,
+    SwitchTo,
+    WaitUntil,
+)
 from .procedures import Procedures
 from .reports import Reports
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
 from .timer import Deadlines
-from .waiters import QueuesView, Ticket, Waiter, holds
+from .waiters import Queue, QueuesView, QueueWeights, Ticket, Waiter, holds
 
 __all__ = [
     "ASLEEP",
@@ -105,6 +113,8 @@ class Hooks(Protocol):
     # def progress(self, model: str) -> float | None: ...
     # optional: drop what is kept about a model a reload removed
     # def forget(self, model: str) -> None: ...
+    # optional: end the running wake hook of a model now (it returns, failed)
+    # def abort(self, model: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ class _Model:
     name: str
     state: ModelState = ASLEEP
     in_flight: int = 0
-    waiters: list[Waiter] = field(default_factory=list)  # in arrival order
+    waiters: Queue = field(default_factory=Queue)  # in arrival order
     awake_since: float | None = None
     last_used: float = 0.0  # when the last request ended, or it woke
     idle_sleep_secs: float | None = None
@@ -181,6 +191,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         self.observer = observer or Observer()
         self.costs = costs or SwitchCosts()
         self.service = ServiceTimes()
+        self.arrivals = ArrivalRates()
         self.clock = clock
         self.runner = runner or ThreadRunner(self._perform)
         # Built here, after gevent patched threading, so the lock is cooperative.
@@ -195,6 +206,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         idle_sleep = idle_sleep or {}
         self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
         self._active: str | None = None
+        self._came_from: str | None = None  # the model the active one was switched from
         self._switching = False
         self._slot_epoch = 0
         self._running: estimates.RunningSwitch | None = None
@@ -214,6 +226,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         timeout: float | None = None,
         cancelled: Callable[[], bool] | None = None,
         queued: Callable[[Waiter], None] | None = None,
+        weight: float = 1.0,
     ) -> Ticket:
         """Wait until ``model`` is awake and count this request in flight on it.
 
@@ -221,7 +234,8 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         ever); ``cancelled`` is polled every :data:`CLIENT_POLL_SECS` while waiting
         and makes the request leave the queue; ``queued`` is called (lock held; it
         must not block, it may raise to leave) when the request has to wait, with
-        its place in the queue for :meth:`progress` and :meth:`cancel`.
+        its place in the queue for :meth:`progress` and :meth:`cancel`; ``weight``
+        is its priority weight for the policy (from its ``Priority`` header).
         Raises ShuttingDown, ModelNotFound, QueueFull (with ``retry_after``),
         QueueTimeout, ClientGone, or the error that failed the switch.
         """
@@ -230,7 +244,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         ticket = None
         try:
             with self._locked:
-                entered = self._enter(model, queued)
+                entered = self._enter(model, queued, weight)
                 if isinstance(entered, Ticket):
                     ticket = entered
                 else:
@@ -247,7 +261,9 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             raise
         return ticket
 
-    def enter(self, model: str, *, queued: Callable[[Waiter], None] | None = None):
+    def enter(
+        self, model: str, *, queued: Callable[[Waiter], None] | None = None, weight: float = 1.0
+    ):
         """Admit a request at once (a :class:`Ticket`) or queue it (its :class:`Waiter`),
         without waiting. :meth:`claim` then says whether the waiter got in.
 
@@ -255,7 +271,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         :meth:`acquire` raises before it waits.
         """
         with self._locked:
-            return self._enter(model, queued)
+            return self._enter(model, queued, weight)
 
     def claim(self, waiter: Waiter) -> Ticket | None:
         """The ticket of an admitted ``waiter`` (once), None while it waits; raises the
@@ -263,13 +279,14 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         with self._locked:
             return self._claim(waiter, self.clock())
 
-    def _enter(self, model: str, queued) -> Ticket | Waiter:
+    def _enter(self, model: str, queued, weight: float = 1.0) -> Ticket | Waiter:
         if self._closed:
             raise ShuttingDown("llmux is shutting down")
         m = self._models.get(model)
         if m is None or m.removed:
             raise ModelNotFound(model)
         now = self.clock()
+        self.arrivals.observe(model, now)
         if m.state == AWAKE and not m.waiters and self.policy.admits(self._snapshot(now), model):
             self._add_in_flight(m, 1)
             self._emit(ev.RequestAdmitted(model, 0.0, False))
@@ -280,8 +297,8 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
                 f"the queue for model '{model}' is full ({limit} waiting)",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(model, now, wakeup=self.runner.condition(self._lock))
-        m.waiters.append(waiter)
+        waiter = Waiter(model, now, weight, wakeup=self.runner.condition(self._lock))
+        m.waiters.join(waiter)
         self._drained.notify_all()  # a drain re-asks: this waiter may make it unneeded
         self._emit(ev.RequestQueued(model))
         self._emit(ev.QueueDepthChanged(model, len(m.waiters)))
@@ -289,6 +306,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             if queued is not None:
                 queued(waiter)
             self._kick()
+            self._check_wake_wanted()  # a wake nobody waits for may now be in the way
         except BaseException:
             self._leave_queue(m, waiter, "cancelled")
             raise
@@ -343,11 +361,12 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
 
     def _leave_queue(self, m: _Model, waiter: Waiter, reason: str) -> None:
         if waiter in m.waiters:
-            m.waiters.remove(waiter)
+            m.waiters.leave(waiter)
             waited = self.clock() - waiter.since
             self._emit(ev.RequestLeftQueue(m.name, reason, waited), waiter.context)
             self._emit(ev.QueueDepthChanged(m.name, len(m.waiters)), waiter.context)
             self._drained.notify_all()  # a drain for this waiter may serve nobody now
+            self._check_wake_wanted()
             self._reschedule()
 
     def _abandon(self, m: _Model, waiter: Waiter) -> None:
@@ -377,14 +396,14 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             return
         if not self.policy.admits(self._snapshot(self.clock()), m.name):
             return
-        waiters, m.waiters = m.waiters, []
+        waiters = m.waiters.take_all()
         for waiter in waiters:
             waiter.settle()
         self._emit(ev.QueueDepthChanged(m.name, 0))
         self._add_in_flight(m, len(waiters))
 
     def _fail_waiters(self, m: _Model, error: LlmuxError, reason: str) -> None:
-        waiters, m.waiters = m.waiters, []
+        waiters = m.waiters.take_all()
         for waiter in waiters:
             waiter.settle(error=error)
             waited = self.clock() - waiter.since
@@ -416,6 +435,9 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             switching=self._switching,
             running=self._running,
             wake_fraction=self._wake_fraction(),
+            queue_weights=QueueWeights(models),
+            came_from=self._came_from,
+            arrivals=self.arrivals,
         )
 
     def _kick(self) -> None:
@@ -434,6 +456,25 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             self._take_slot("switch", self._switch(decision.model), spawn=True)
             snap = None  # its scalars (switching, running) are out of date now
         self._reschedule(snap)
+
+    def _check_wake_wanted(self) -> None:
+        """Stop the running wake if its waiters all left and the policy says so (lock held).
+
+        The hook runner ends the wake hook's process group (``hooks.abort``); the
+        switch then puts the model back to sleep and the policy decides again.
+        """
+        running = self._running
+        if running is None or running.aborting or running.wake_started is None:
+            return
+        m = self._models.get(running.target)
+        if m is None or m.state != WAKING or m.waiters:
+            return
+        if not self.policy.aborts_wake(self._snapshot(self.clock()), running.target):
+            return
+        self._running = dataclasses.replace(running, aborting=True)
+        abort = getattr(self.hooks, "abort", None)
+        if abort is not None:
+            abort(running.target)
 
     def _set_state(self, m: _Model, state: ModelState) -> None:
         """Move ``m`` to ``state`` (lock held); staying where it is is no transition."""

@@ -25,10 +25,13 @@ class Waiter:
     reported about the waiter from another thread (a failed switch, a
     shutdown, a reload) is reported in it, so its log lines carry its request id.
     ``wakeup`` is its condition on the switcher's lock (None until queued).
+    ``weight`` is its priority weight for the policy's index (1.0: the default
+    urgency; see :func:`~llmux.engine.cost_aware.urgency_weight`).
     """
 
     model: str
     since: float
+    weight: float = 1.0
     granted: bool = False
     claimed: bool = False  # its ticket was handed out
     error: LlmuxError | None = None
@@ -69,6 +72,43 @@ class Ticket:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class Queue(list):
+    """One model's waiters in arrival order, with the sums an index needs kept as
+    they join and leave: ``weight_sum`` (of their weights) and ``weighted_arrivals``
+    (of weight x arrival time), so aged work is O(1) (``Snapshot.queue_weights``)."""
+
+    __slots__ = ("weight_sum", "weighted_arrivals")
+
+    def __init__(self):
+        super().__init__()
+        self.weight_sum = 0.0
+        self.weighted_arrivals = 0.0
+
+    def join(self, waiter: Waiter) -> None:
+        self.append(waiter)
+        self.weight_sum += waiter.weight
+        self.weighted_arrivals += waiter.weight * waiter.since
+
+    def leave(self, waiter: Waiter) -> None:
+        self.remove(waiter)
+        if self:
+            self.weight_sum -= waiter.weight
+            self.weighted_arrivals -= waiter.weight * waiter.since
+        else:  # no rounding drift survives an empty queue
+            self.weight_sum = self.weighted_arrivals = 0.0
+
+    def take_all(self) -> list[Waiter]:
+        """Every waiter, in arrival order; the queue is empty after."""
+        waiters = list(self)
+        self.clear()
+        self.weight_sum = self.weighted_arrivals = 0.0
+        return waiters
+
+    @property
+    def weights(self) -> tuple[int, float, float]:
+        return len(self), self.weight_sum, self.weighted_arrivals
 
 
 def _since(waiter: Waiter) -> float:
@@ -112,6 +152,27 @@ class Arrivals(Sequence[float]):
         if isinstance(i, slice):
             return tuple(w.since for w in self._queue[i])
         return self._queue[i].since
+
+
+class QueueWeights(Mapping[str, tuple[int, float, float]]):
+    """Model -> :attr:`Queue.weights` for the models with waiters: a live view."""
+
+    __slots__ = ("_models",)
+
+    def __init__(self, models: Mapping):
+        self._models = models
+
+    def __getitem__(self, model: str) -> tuple[int, float, float]:
+        queue = self._models[model].waiters
+        if not queue:
+            raise KeyError(model)
+        return queue.weights
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, m in self._models.items() if m.waiters)
+
+    def __len__(self) -> int:
+        return sum(1 for m in self._models.values() if m.waiters)
 
 
 class QueuesView(Mapping[str, Sequence[float]]):

@@ -62,7 +62,7 @@ class History(Observer):
         )
 
     def hook_finished(self, model, result: HookResult):
-        if result.ok:
+        if result.ok or result.aborted:  # a stopped wake is llmux's doing, not the hook's
             return
         self._failures.appendleft(
             {

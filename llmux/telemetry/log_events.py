@@ -122,6 +122,19 @@ class LogObserver(Observer):
                     "duration_secs": round(result.duration, 6),
                 },
             )
+        elif result.aborted:
+            log.info(
+                "%s hook of %s stopped after %.3fs: nobody waits for the model any more",
+                result.hook,
+                model,
+                result.duration,
+                extra={
+                    "event": "hook_stopped",
+                    "model": model,
+                    "hook": result.hook,
+                    "duration_secs": round(result.duration, 6),
+                },
+            )
         else:
             log.warning(
                 "%s hook of %s failed: %s",

@@ -45,6 +45,7 @@ class Metrics(Observer):
     def __init__(self, models: Iterable[str]):
         r = self.registry = CollectorRegistry()
         self.models = set(models)
+        self._bounded: set[str] = set()  # models with a llmux_wait_bound_seconds series
 
         def histogram(name, doc, labels):
             return Histogram(name, doc, labels, buckets=BUCKETS, registry=r)
@@ -67,6 +68,13 @@ class Metrics(Observer):
             "llmux_model_active_duration_seconds",
             "How long a model stayed awake, observed when it was put to sleep",
             ["model"],
+        )
+        self.wait_bound = Gauge(
+            "llmux_wait_bound_seconds",
+            "The starvation bound in force (cost_aware): no request should wait longer "
+            "than this plus one switch",
+            ["model"],
+            registry=r,
         )
         self.switch_cost = Gauge(
             "llmux_switch_cost_ema_seconds",
@@ -148,6 +156,17 @@ class Metrics(Observer):
 
     # --- requests (called by the app) ---
 
+    def set_wait_bounds(self, bounds: dict[str, float | None]) -> None:
+        """Set ``llmux_wait_bound_seconds`` (at scrape time: bounds follow the costs);
+        a model without a bound (FIFO) has no series."""
+        for model, secs in bounds.items():
+            if secs is not None:
+                self.wait_bound.labels(model).set(secs)
+                self._bounded.add(model)
+            elif model in self._bounded:
+                self.wait_bound.remove(model)
+                self._bounded.discard(model)
+
     def request_finished(
         self, model: str, status: int, seconds: float, outcome: str = "completed"
     ) -> None:
@@ -181,7 +200,7 @@ class Metrics(Observer):
 
     def hook_finished(self, model, result: HookResult):
         self.hook_duration.labels(model, result.hook).observe(result.duration)
-        if not result.ok:
+        if not result.ok and not result.aborted:  # a stopped wake is not the hook's failure
             self.hook_failures.labels(model, result.hook).inc()
         if result.timed_out:
             self.hook_timeouts.labels(model, result.hook).inc()

@@ -29,10 +29,11 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__
 from ..config import Config, load_config
+from ..engine.cost_aware import urgency_weight
 from ..engine.events import Observers
 from ..engine.hooks import HookRunner
 from ..engine.ownership import Ownership, StateRecorder, reconcile
-from ..engine.policy import make_policy
+from ..engine.policies import make_policy
 from ..engine.states import ModelState
 from ..engine.switcher import Switcher, SwitchSettings
 from ..errors import (
@@ -83,7 +84,7 @@ class Gateway:
             list(config.models),
             self.hooks,
             SwitchSettings.from_policy(config.policy),
-            policy=make_policy(config.policy.policy_type),
+            policy=make_policy(config.policy, config.models),
             observer=Observers(LogObserver(), self.metrics, recorder, self.history),
             idle_sleep={name: config.idle_sleep_secs(name) for name in config.models},
         )
@@ -240,12 +241,13 @@ class Gateway:
         """
         model = exchange.model
         exchange.arrived(self.switcher.state(model), environ, self.switcher.cancel)
+        weight = urgency_weight(inbound.urgency(environ))
 
         def send() -> Reply:
             return self._send(exchange, environ, headers, body, config)
 
         if stream and config.loading_progress(model) and exchange.path in loading.STREAMING_PATHS:
-            admission = loading.Admission(self.switcher, model)
+            admission = loading.Admission(self.switcher, model, weight)
             exchange.admission = admission
             if not admission.settle():
                 exchange.early = True
@@ -254,7 +256,7 @@ class Gateway:
                 return Response(relay, status=200, headers=list(loading.HEADERS))
             ticket = admission.take()
         else:
-            ticket = self.switcher.acquire(model, queued=exchange.queued)
+            ticket = self.switcher.acquire(model, queued=exchange.queued, weight=weight)
         exchange.admitted(ticket, environ)
         reply = exchange.reply = send()
         response = Response(exchange.relay(), status=reply.status, direct_passthrough=True)
@@ -363,6 +365,7 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
     def metrics():
         # text format, or OpenMetrics when the scraper asks for it
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept"))
+        gateway.metrics.set_wait_bounds(gateway.switcher.bounds())
         return Response(encoder(gateway.metrics.registry), content_type=content_type)
 
     @app.before_request

@@ -6,6 +6,7 @@ Usage::
     kind = body_kind(request)                         # "json" | "form", or UnsupportedMediaType
     refuse_cross_site(environ, listed)                # Forbidden
     body = read_body(environ, limit)                  # RequestTooLarge, InvalidBody
+    u = urgency(environ)                              # 0-7 from the Priority header
 
 Every check raises an :class:`~llmux.errors.LlmuxError`; none touches the switcher.
 Paths are matched on the raw request target, so encoded or dotted variants of an
@@ -23,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
+
+import http_sf
 
 from ..errors import (
     Forbidden,
@@ -66,6 +69,30 @@ def routed_path(environ: dict, extra_paths: Iterable[str] = ()) -> str:
             if path == prefix or path.startswith(prefix + "/"):
                 return path
     raise NotFound(f"no route for {clip(path)}")
+
+
+DEFAULT_URGENCY = 3  # RFC 9218 §4.1
+
+
+def urgency(environ: dict) -> int:
+    """The urgency (0 most urgent - 7) of the request's ``Priority`` header, RFC 9218 §4.1.
+
+    The header is a Structured Field Dictionary (RFC 8941), parsed by ``http_sf``;
+    as RFC 9218 §4 asks, a header that does not parse, or a ``u`` that is not an
+    integer 0-7, counts as absent: the default urgency 3. Other members
+    (``i``, extensions) are ignored.
+    """
+    value = environ.get("HTTP_PRIORITY")
+    if not value:
+        return DEFAULT_URGENCY
+    try:
+        members = http_sf.parse(value.encode("latin-1"), tltype="dictionary")
+    except (http_sf.StructuredFieldError, ValueError, UnicodeEncodeError):
+        return DEFAULT_URGENCY
+    u = members.get("u", (DEFAULT_URGENCY, {}))[0]
+    if isinstance(u, int) and not isinstance(u, bool) and 0 <= u <= 7:
+        return u
+    return DEFAULT_URGENCY
 
 
 def body_kind(request) -> str:

@@ -74,9 +74,10 @@ class Admission:
     nobody (it is released here).
     """
 
-    def __init__(self, switcher, model: str):
+    def __init__(self, switcher, model: str, weight: float = 1.0):
         self.switcher = switcher
         self.model = model
+        self.weight = weight  # the request's priority weight
         self.waiter = None  # the switcher's Waiter once queued
         self._lock = threading.Lock()
         self._changed = threading.Event()  # queued, or done
@@ -90,7 +91,7 @@ class Admission:
 
     def _run(self) -> None:
         try:
-            ticket = self.switcher.acquire(self.model, queued=self._queued)
+            ticket = self.switcher.acquire(self.model, queued=self._queued, weight=self.weight)
         except LlmuxError as exc:
             self._error = exc
         except Exception:

@@ -21,7 +21,7 @@ import logging
 import threading
 
 from ..config import Config, ConfigError, load_config
-from ..engine.policy import make_policy
+from ..engine.policies import make_policy
 from ..engine.states import ModelState
 from ..engine.switcher import SwitchSettings
 from ..errors import Busy, InvalidConfig, LlmuxError
@@ -71,9 +71,7 @@ class Reloader:
         still_awake = gw.switcher.reconfigure(
             {name: new.idle_sleep_secs(name) for name in new.models},
             SwitchSettings.from_policy(new.policy),
-            policy=make_policy(new.policy.policy_type)
-            if new.policy.policy_type != old.policy.policy_type
-            else None,
+            policy=make_policy(new.policy, new.models),
             check=check,
             apply=apply,
         )

@@ -163,6 +163,7 @@ class Harness:
         self.up: set[str] = set()
         self.alive_override: dict[str, bool] = {}
         self.calls: list[tuple[str, str]] = []
+        self.aborted: set[str] = set()  # models whose running wake the engine stopped
         self.wake_progress = progress if progress is not None else {}
         self._ready_timeout = ready_timeout
         self.requests: list[Request] = []
@@ -190,13 +191,17 @@ class Harness:
     def progress(self, model: str) -> float | None:
         return self.wake_progress.get(model)
 
+    def abort(self, model: str) -> None:
+        """The engine stops ``model``'s wake hook: it ends at the next step, killed."""
+        self.aborted.add(model)
+
     # --- what the test does ---
 
-    def request(self, model: str) -> Request:
+    def request(self, model: str, weight: float = 1.0) -> Request:
         """A request arrives; it is admitted at once or queued. Raises what ``enter`` raises."""
         r = Request(model)
         self.clock.now += ARRIVAL_GAP
-        got = self.sw.enter(model)
+        got = self.sw.enter(model, weight=weight)
         if isinstance(got, Ticket):
             r.ticket = got
         else:
@@ -315,6 +320,10 @@ class Harness:
             return True
         effect = step.effect
         fresh, step.fresh = step.fresh, False
+        if isinstance(effect, RunHook) and effect.kind == "wake" and effect.model in self.aborted:
+            self.aborted.discard(effect.model)
+            self._resume(step, HookResult("wake", -15, 0.0, aborted=True), None)
+            return True
         if isinstance(effect, RunHook) and effect.kind == "alive":
             ok = self.alive_override.get(effect.model, effect.model in self.up)
             self._resume(step, HookResult("alive", 0 if ok else 1, 0.0), None)
