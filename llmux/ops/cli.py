@@ -1,4 +1,4 @@
-"""The ``llmux`` command: serve, check, status, wake, sleep, reload, fake-backend.
+"""The ``llmux`` command: serve, check, status, wake, sleep, reload, simulate, fake-backend.
 
 Usage::
 
@@ -6,6 +6,7 @@ Usage::
     llmux check -c conf/demo.yaml
     llmux status -c conf/demo.yaml          # or --url http://host:3000, --json
     llmux wake qwen; llmux sleep qwen; llmux reload
+    llmux simulate trace.csv --switch-secs 10 --concurrency 16
     llmux fake-backend --port 8001 --model llama
 
 This module runs in gunicorn's master: it imports the app (flask, requests)
@@ -103,7 +104,18 @@ def check(config_file):
     click.echo(
         f"  policy {p.policy_type}: request_timeout_secs={p.request_timeout_secs}, "
         f"drain_before_switch={p.drain_before_switch}, min_active_secs={p.min_active_secs:g}"
+        + (
+            f", max_wait_secs={p.max_wait_secs:g}, quantum_factor={p.quantum_factor:g}"
+            if p.policy_type == "cost_aware"
+            else ""
+        )
     )
+    timeout = p.request_timeout_secs
+    if p.policy_type == "cost_aware" and timeout is not None and timeout < p.max_wait_secs:
+        click.echo(
+            f"  warning: request_timeout_secs ({timeout:g}) is below max_wait_secs "
+            f"({p.max_wait_secs:g}): waiting requests time out before the bound serves them"
+        )
 
 
 def _admin_options(f):
@@ -215,6 +227,19 @@ def fake_backend(ctx):
     # A fresh interpreter: the fake backend is its own gevent program.
     argv = [sys.executable, "-m", "llmux.demo.fake_backend", *ctx.args]
     os.execv(sys.executable, argv)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def simulate(ctx):
+    """Compare scheduling policies on a trace, in simulated time (--help for options)."""
+    # imported here: the engine stays out of gunicorn's master
+    from ..sim.cli import simulate as command
+
+    command.main(args=ctx.args, prog_name="llmux simulate")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Scheduling simulation support: request traces read from files or generated."""
