@@ -2,14 +2,17 @@
 
 Usage::
 
-    python -m benchmarks.backend --port 18500
+    python -m benchmarks.backend --port 18500 [--slots 16]
 
 ``POST /v1/chat/completions`` with ``{"stream": false, "bench": {"delay_ms": 500}}``
 answers a small completion after the delay (``"jitter": 0.5`` varies it by
 ±50 %); with ``"stream": true`` and ``{"chunks": 100, "gap_ms": 20}`` it
 streams that many SSE events on a fixed schedule (no drift), each carrying in
 its content the backend's ``time.monotonic()`` when it wrote the event (one
-clock for every process on a Linux machine).
+clock for every process on a Linux machine); ``"prefill_ms"`` delays its
+headers, as prompt processing does. With ``--slots N`` at most N requests are
+served at once, the rest wait in arrival order, as in vLLM's or llama.cpp's
+own queue (the policy replay needs that; the proxy benchmarks do not).
 Keep-alive, chunked framing, nothing else: its CPU cost per request and per
 chunk stays far below a proxy's, so it is not what a benchmark measures.
 """
@@ -27,7 +30,10 @@ import socket  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
+from gevent.lock import Semaphore  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
+
+SLOTS: Semaphore | None = None  # --slots
 
 ANSWER = json.dumps(
     {
@@ -83,7 +89,13 @@ def handle(sock, _address) -> None:
             request = json.loads(body or b"{}")
             knobs = request.get("bench") or {}
             if request.get("stream"):
-                stream(sock, int(knobs.get("chunks", 100)), knobs.get("gap_ms", 20) / 1000)
+                chunks, gap = int(knobs.get("chunks", 100)), knobs.get("gap_ms", 20) / 1000
+                prefill = knobs.get("prefill_ms", 0) / 1000
+                if SLOTS is None:
+                    stream(sock, chunks, gap, prefill)
+                else:
+                    with SLOTS:
+                        stream(sock, chunks, gap, prefill)
             else:
                 delay = knobs.get("delay_ms", 0) / 1000
                 jitter = knobs.get("jitter", 0)  # answers of varied length: delay × (1 ± jitter)
@@ -101,7 +113,9 @@ def handle(sock, _address) -> None:
         sock.close()
 
 
-def stream(sock, chunks: int, gap: float) -> None:
+def stream(sock, chunks: int, gap: float, prefill: float = 0.0) -> None:
+    if prefill:
+        gevent.sleep(prefill)
     sock.sendall(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -120,7 +134,11 @@ def stream(sock, chunks: int, gap: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--slots", type=int, default=0, help="streams served at once; 0: any")
     args = parser.parse_args()
+    global SLOTS
+    if args.slots > 0:
+        SLOTS = Semaphore(args.slots)
     server = StreamServer(("127.0.0.1", args.port), handle, backlog=4096)
     server.serve_forever()
 

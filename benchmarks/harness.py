@@ -123,14 +123,11 @@ class Harness:
 
     # --- what runs ---
 
-    def backend(self) -> Server:
+    def backend(self, slots: int = 0) -> Server:
+        """The lean backend; ``slots``: streams it serves at once (0: any number)."""
         port = free_port()
-        return self._start(
-            "backend",
-            [sys.executable, "-m", "benchmarks.backend", "--port", str(port)],
-            port,
-            cwd=ROOT,
-        )
+        cmd = [sys.executable, "-m", "benchmarks.backend", "--port", str(port)]
+        return self._start("backend", [*cmd, "--slots", str(slots)], port, cwd=ROOT)
 
     def llmux(self, models: dict[str, dict], *, extra: dict | None = None, name="llmux") -> Server:
         """``models``: name -> {"port": ..., hooks...}; hooks default to no-ops (awake at once)."""
