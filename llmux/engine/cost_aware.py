@@ -26,12 +26,16 @@ average of that switch, drain included):
 3. *Quantum.* Otherwise ``a`` keeps the GPU while it has work until it has served
    its quantum, ``max(min_active_secs, quantum_factor * C(prev->a))``, and some
    waiter elsewhere is stale: it has waited half a round trip (one switch), or
-   ``W_j / 4`` if that is shorter. Both constants were chosen by running
-   ``llmux simulate`` over the shipped and generated traces (docs/scheduling.md):
-   longer holds cut switches further but lengthen the tail of alternating traffic.
+   ``W_j / 4`` if that is shorter. Both holds are scaled by the estimated load
+   (:meth:`hold_share`): in full from rho = 0.5, not at all below 0.1. The load is
+   the sum over models of request rate x service time / ``concurrency``. These
+   constants were chosen by running ``llmux simulate`` over the shipped and
+   generated traces (docs/scheduling.md): longer holds cut switches further but
+   lengthen the tail of alternating, lightly loaded traffic, where FIFO is best.
 4. *Idle switch.* When ``a`` has nothing queued or in flight and someone waits,
    switch at once (after ``min_active_secs``); when nobody waits, stay awake.
-5. *Index.* The next model is the one with the largest
+5. *Index.* The next model is, under light load (rho < 0.5), the oldest waiter's,
+   as in FIFO; otherwise the one with the largest
    ``index(j) = w_j * sum_r p_r * (1 + age_r / (W_j/4)) / (C(a->j) + n_j * s_j / K_j)``:
    aged, weighted waiting work per second of switching to it and clearing its
    queue (a reward-rate index after Duenyas & Van Oyen, 1996). ``p_r`` is the
@@ -45,8 +49,10 @@ average of that switch, drain included):
    a backend queues what it cannot serve at once, and the drain waits for that
    backlog too. (Capping admission at ``concurrency`` was tried in ``llmux
    simulate``: visits cut by time while a backlog waits in llmux collapse into
-   ping-pong, as k-limited polling does; see docs/scheduling.md.) At each commit point the switch asks again; it is abandoned
-   only when nobody waits for another model any more.
+   ping-pong, as k-limited polling does; see docs/scheduling.md.) At each commit
+   point the switch asks again; it goes on to its target (or to a model whose
+   bound falls due first), never back to the model it left while another waits,
+   and is abandoned only when nobody waits for another model any more.
 7. *Abort.* A wake whose every waiter has left is stopped when another model has
    waiters (:meth:`aborts_wake`).
 
@@ -83,6 +89,7 @@ UNKNOWN_SWITCH_SECS = 1.0
 UNKNOWN_SERVICE_SECS = 1.0
 SOFT_BOUND_SHARE = 0.25  # waiters count as stale at this share of the bound, at most
 STALE_ROUND_TRIPS = 0.5  # ... and after this many round trips (chosen with llmux simulate)
+LIGHT_LOAD, HEAVY_LOAD = 0.1, 0.5  # estimated load below which no hold, from which all of it
 
 
 class CostAwarePolicy(FifoPolicy):
@@ -165,14 +172,36 @@ class CostAwarePolicy(FifoPolicy):
         resident_until = since + snap.min_active_secs
         busy = snap.in_flight.get(a, 0) > 0 or a in snap.queues
         if busy:
-            quantum = self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
-            stale = min(snap.queues[j][0] + self.stale_after(snap, j) for j in others)
+            g = self.hold_share(snap)
+            quantum = g * self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
+            stale = min(snap.queues[j][0] + g * self.stale_after(snap, j) for j in others)
             leave_at = max(resident_until, since + quantum, stale)
         else:
             leave_at = resident_until
         if snap.now >= leave_at:
             return SwitchTo(self._next(snap, a, others))
         return WaitUntil(min(leave_at, due))
+
+    def load(self, snap: Snapshot) -> float:
+        """Estimated offered load, 0-1: over models, request rate x service time /
+        concurrency (Little's law: the mean share of the backend's slots in use)."""
+        if snap.arrivals is None:
+            return 1.0
+        rho = sum(
+            snap.arrivals.rate(m, snap.now) * secs / self.concurrency.get(m, 1)
+            for m, secs in snap.service_secs.items()
+        )
+        return min(rho, 1.0)
+
+    def hold_share(self, snap: Snapshot) -> float:
+        """How much of the quantum and staleness to keep, 0-1: ``rho / (1 - rho)``, by
+        which a polling cycle at load rho outlasts its switches (Borst & Boxma:
+        E[cycle] = E[S] / (1 - rho)); all of it from rho = 0.5, none below 0.1,
+        where holding a busy model only lengthens the others' waits."""
+        rho = self.load(snap)
+        if rho < LIGHT_LOAD:
+            return 0.0
+        return 1.0 if rho >= HEAVY_LOAD else rho / (1.0 - rho)
 
     def _commit(self, snap: Snapshot) -> Decision:
         """A running switch asks again before an irreversible step (the switcher's
@@ -206,6 +235,8 @@ class CostAwarePolicy(FifoPolicy):
             overdue = [j for j in candidates if snap.now >= self._deadline(snap, a, j)]
             if overdue:
                 return min(overdue, key=lambda j: self._deadline(snap, a, j))
+        if self.hold_share(snap) < 1.0:  # light load: the tail matters more, as in FIFO
+            return min(candidates, key=lambda j: snap.queues[j][0])
         return max(candidates, key=lambda j: (self.index(snap, a, j), -snap.queues[j][0]))
 
     def index(self, snap: Snapshot, a: str | None, j: str) -> float:

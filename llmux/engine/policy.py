@@ -243,17 +243,29 @@ class ServiceTimes:
 
 class ArrivalRates:
     """Per-model request arrival rate (requests per second), exponentially decayed
-    with time constant ``tau`` seconds: each arrival adds ``1/tau``, and the sum
-    decays by ``exp(-dt/tau)``, so the rate of a steady stream converges to its
-    true rate and a model that stops getting requests fades to 0."""
+    with time constant ``tau`` seconds: each arrival adds 1, the sum decays by
+    ``exp(-dt/tau)``, and the rate is the sum over ``tau * (1 - exp(-T/tau))``,
+    where T is how long arrivals have been counted (at least ``min_span``): a steady
+    stream reads its true rate from its first seconds on, not after ``tau``, and a
+    model that stops getting requests fades to 0."""
 
-    def __init__(self, tau: float = 60.0):
+    def __init__(self, tau: float = 60.0, min_span: float = 1.0):
         self.tau = tau
-        self._rate: dict[str, tuple[float, float]] = {}  # model -> (rate, at)
+        self.min_span = min_span
+        self._since: float | None = None  # the first arrival counted, any model
+        self._sums: dict[str, tuple[float, float]] = {}  # model -> (decayed count, at)
 
     def observe(self, model: str, now: float) -> None:
-        self._rate[model] = (self.rate(model, now) + 1.0 / self.tau, now)
+        if self._since is None:
+            self._since = now
+        self._sums[model] = (self._count(model, now) + 1.0, now)
+
+    def _count(self, model: str, now: float) -> float:
+        count, at = self._sums.get(model, (0.0, now))
+        return count * math.exp(-max(now - at, 0.0) / self.tau)
 
     def rate(self, model: str, now: float) -> float:
-        rate, at = self._rate.get(model, (0.0, now))
-        return rate * math.exp(-max(now - at, 0.0) / self.tau)
+        if self._since is None:
+            return 0.0
+        span = max(now - self._since, self.min_span)
+        return self._count(model, now) / (self.tau * -math.expm1(-span / self.tau))

@@ -78,14 +78,17 @@ class Reports:
         :meth:`_eta`; what ``Retry-After`` says), ``wait_bound_secs`` (the policy's
         starvation bound in force, None without one) and ``queue``, its waiting
         requests as ``{"position", "waited_secs"}`` (position among all models'
-        queued requests, by arrival).
+        queued requests, by arrival). ``estimated_load``: the load the policy
+        estimates (cost_aware; None for FIFO).
         """
         with self._locked:
             now = self.clock()
             places = positions(m.waiters for m in self._models.values())
             snap = self._snapshot(now)  # one for every model's estimate
+            load = getattr(self.policy, "load", None)
             return {
                 "policy": self.policy.name,
+                "estimated_load": None if load is None else round(load(snap), 3),
                 "active": self._active,
                 "switching": self._switching,
                 "models": {

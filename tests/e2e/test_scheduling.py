@@ -54,14 +54,26 @@ def keep_busy(server, model: str, until: threading.Event, hold_ms: int = 800):
     return seen, join
 
 
+def heavy(server) -> None:
+    """Wait until llmux estimates a heavy load (>= 0.5, the full quantum) and a is busy."""
+
+    def loaded() -> bool:
+        status = server.status()
+        return status["estimated_load"] >= 0.5 and status["models"]["a"]["in_flight"] > 0
+
+    wait_for(loaded, 20)
+
+
 def test_the_awake_model_keeps_serving_until_the_bound_then_the_other_is_served(
     llmux_factory,
 ):
-    server = llmux_factory(models=("a", "b"), policy=cost_aware(max_wait_secs=2))
+    # a quantum of 10 switches: only the bound (2 s) ends a's visit; a is heavily loaded
+    # (two clients, one request in flight each, concurrency 1 assumed)
+    server = llmux_factory(models=("a", "b"), policy=cost_aware(max_wait_secs=2, quantum_factor=10))
     assert server.chat("a").status_code == 200
     seen, join = keep_busy(server, "a", threading.Event())
     try:
-        wait_for(lambda: server.status()["models"]["a"]["in_flight"] > 0, 10)
+        heavy(server)
         asked = time.monotonic()
         b = server.chat("b")
         waited = time.monotonic() - asked
@@ -111,15 +123,21 @@ def ask(server, model: str, priority: str):
 
 
 def test_an_urgent_request_is_served_before_a_patient_one(llmux_factory):
-    server = llmux_factory(models=("a", "b", "c"), policy=cost_aware(max_wait_secs=4))
+    # a long quantum and bound: a's visit ends when a runs out of work, and then the
+    # index (heavy load) picks the next model
+    policy = cost_aware(max_wait_secs=60, quantum_factor=100)
+    server = llmux_factory(models=("a", "b", "c"), policy=policy)
     assert server.chat("a").status_code == 200
     _, join = keep_busy(server, "a", threading.Event())
     try:
-        wait_for(lambda: server.status()["models"]["a"]["in_flight"] > 0, 10)
+        heavy(server)
         with ThreadPoolExecutor(2) as pool:
             patient = pool.submit(ask, server, "b", "u=7")
             wait_for(lambda: server.status()["models"]["b"]["queued"] == 1, 10)
             urgent = pool.submit(ask, server, "c", "u=0, i")
+            wait_for(lambda: server.status()["models"]["c"]["queued"] == 1, 10)
+            assert not server.status()["switching"]  # a still has work
+            join()  # a runs out of work
             assert urgent.result().status_code == 200
             assert patient.result().status_code == 200
     finally:

@@ -106,3 +106,17 @@ def test_fifo_estimates_from_costs_backoff_and_the_running_switch():
 def test_fifo_keeps_the_first_live_model_in_preference_order():
     assert FifoPolicy().keep_at_start(["b", "a"]) == "b"
     assert FifoPolicy().keep_at_start([]) is None
+
+
+def test_arrival_rates_read_a_steady_stream_from_its_first_seconds():
+    from llmux.engine.policy import ArrivalRates
+
+    rates = ArrivalRates(tau=60.0)
+    for i in range(50):  # 5 per second for 10 s
+        rates.observe("a", 100.0 + i * 0.2)
+    assert rates.rate("a", 110.0) == pytest.approx(5.0, rel=0.05)
+    assert rates.rate("b", 110.0) == 0.0
+    assert rates.rate("a", 110.0 + 600) < 0.05  # it stopped: the rate fades
+    for i in range(600):  # 1 per second for 10 minutes: the old burst is forgotten
+        rates.observe("a", 710.0 + i)
+    assert rates.rate("a", 1310.0) == pytest.approx(1.0, rel=0.05)

@@ -12,8 +12,16 @@ from llmux.engine.policy import FifoPolicy
 from tests.support.engine import Harness
 
 
+class Loaded(CostAwarePolicy):
+    """Decides as under heavy load (rho >= 0.5: the full quantum and staleness, the
+    index): these scenarios have too few requests for the measured load to be heavy."""
+
+    def load(self, snap):
+        return 1.0
+
+
 def harness(models=("a", "b", "c"), policy=None, **settings) -> Harness:
-    h = Harness(models, policy=policy or CostAwarePolicy(max_wait_secs=60), **settings)
+    h = Harness(models, policy=policy or Loaded(max_wait_secs=60), **settings)
     for x in models:
         h.sw.costs.observe(None, x, 10.0)
         for y in models:
@@ -62,7 +70,7 @@ def test_the_awake_model_is_served_exhaustively_then_closed_gated():
 
 def test_the_bound_holds_against_a_model_that_never_runs_out_of_work():
     # a quantum of 100 switches would keep a for 1,000 s; the bound cuts it at 60 s
-    h = harness(policy=CostAwarePolicy(max_wait_secs=60, quantum_factor=100))
+    h = harness(policy=Loaded(max_wait_secs=60, quantum_factor=100))
     held = up(h, "a")
     b = h.request("b")
     for _ in range(49):
@@ -144,3 +152,17 @@ def test_fifo_never_stops_a_wake():
     assert h.hooks_pending() == [("b", "wake")]  # SPEC §5: it wakes and stays awake
     h.finish("b", "wake")
     assert h.state("b") == "awake" or h.switching
+
+
+def test_under_light_load_the_busy_model_is_left_at_once_for_the_oldest_waiter():
+    h = harness(policy=CostAwarePolicy(max_wait_secs=60))  # the load it measures: light
+    held = up(h, "a")
+    c = h.request("c")
+    h.advance(1)
+    b = h.request("b", weight=urgency_weight(0))
+    assert h.switching  # no quantum, no staleness: a closes as FIFO would
+    h.release(held)
+    h.finish("a", "sleep")
+    assert h.hooks_pending() == [("c", "wake")]  # the oldest waiter first, whatever b's urgency
+    h.finish("c", "wake")
+    assert c.admitted and b.queued
