@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import requests
 
@@ -93,27 +97,103 @@ def measure(h: Harness, trace: Trace, policy: str, args) -> Figures:
         "proxy": {"idle_timeout": 600, "header_timeout": 600},
     }
     llmux = h.llmux(models, extra=extra, name=f"llmux-{policy}")
-    url = f"http://127.0.0.1:{llmux.port}/v1/chat/completions"
+    url = f"http://127.0.0.1:{llmux.port}"
+
+    def body(a) -> dict:
+        chunks = max(1, round((a.service_secs - a.prefill_secs) * 1000 / TOKEN_MS))
+        bench = {"chunks": chunks, "gap_ms": TOKEN_MS, "prefill_ms": a.prefill_secs * 1000}
+        return {"model": a.model, "stream": True, "messages": [], "bench": bench}
+
+    got, failed = _drive(url, trace, body)
+    metrics = requests.get(f"http://127.0.0.1:{llmux.port}/metrics", timeout=10).text
+    switches = _switches(metrics)
+    h.stop(llmux)
+    return _figures(policy, "measured", got, failed, switches, args.compress)
+
+
+REAL_MODELS = ("smollm2-py", "smollm2-cpp")  # conf/real-cpu.yaml
+
+
+def measure_real(trace: Trace, policy: str, workdir: Path, max_tokens: int = 16) -> Figures:
+    """One run of a two-model ``trace`` through llmux and the two real llama.cpp servers of
+    ``conf/real-cpu.yaml`` (its models stand for the trace's, in order), under ``policy``.
+    Needs ``conf/hooks/llama-cpp/install.sh`` to have run ($LLMUX_REAL_DIR)."""
+    import yaml
+
+    from .harness import ROOT, free_port
+
+    names = dict(zip(trace.models, REAL_MODELS, strict=False))
+    config = yaml.safe_load((ROOT / "conf" / "real-cpu.yaml").read_text())
+    base = ROOT / "conf"
+    for spec in config["models"].values():  # the hooks, from wherever this config is written
+        for kind in ("wake", "sleep", "alive"):
+            spec[kind] = str(base / spec[kind])
+    config["port"] = free_port()
+    config["policy"]["policy_type"] = policy
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"llmux-{policy}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "LLAMA_RUN_DIR": str(workdir / "run"),
+           "LLMUX_RUNTIME_DIR": str(workdir / "rt")}  # fmt: skip
+    with open(workdir / f"llmux-{policy}.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmux", "serve", "-c", str(path)],
+            stdout=log, stderr=log, env=env, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{config['port']}"
+    try:
+        _wait_healthy(url, proc)
+
+        def body(a) -> dict:
+            return {"model": names[a.model], "max_tokens": max_tokens, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Count to twenty."}]}  # fmt: skip
+
+        waits, failed = _drive(url, trace, body)
+        metrics = requests.get(url + "/metrics", timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pidfile in (workdir / "run").glob("*.pid"):  # the model left awake, by design
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+            pidfile.unlink()
+    return _figures(policy, "measured", waits, failed, _switches(metrics), 1.0)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llmux exited with {proc.returncode}")
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("llmux did not become healthy")
+
+
+def _drive(url: str, trace: Trace, body) -> tuple[list[float], int]:
+    """Every arrival at its time, a thread each, with ``body(arrival)`` as its JSON; the
+    answers read to their end: (waits in seconds, failures)."""
     waits: list[float | None] = [None] * len(trace.arrivals)
     start = time.monotonic() + 1.0
-    local = threading.local()
 
     def one(i: int) -> None:
         a = trace.arrivals[i]
-        chunks = max(1, round((a.service_secs - a.prefill_secs) * 1000 / TOKEN_MS))
-        body = {
-            "model": a.model,
-            "stream": True,
-            "messages": [],
-            "bench": {"chunks": chunks, "gap_ms": TOKEN_MS, "prefill_ms": a.prefill_secs * 1000},
-        }
         pause = start + a.at - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        session = getattr(local, "session", None) or requests.Session()
-        local.session = session
         try:
-            with session.post(url, json=body, stream=True, timeout=600) as r:
+            with requests.post(f"{url}/v1/chat/completions", json=body(a), stream=True,
+                               timeout=600) as r:  # fmt: skip
                 if r.status_code == 200:
                     for _ in r.iter_content(65536):
                         pass
@@ -126,12 +206,13 @@ def measure(h: Harness, trace: Trace, policy: str, args) -> Figures:
         t.start()
     for t in threads:
         t.join(900)
-    metrics = requests.get(f"http://127.0.0.1:{llmux.port}/metrics", timeout=10).text
-    ok = re.compile(r'^llmux_switch_total\{[^}]*result="success"[^}]*\} (\S+)', re.M)
-    switches = sum(int(float(v)) for v in ok.findall(metrics))
-    h.stop(llmux)
     got = [w for w in waits if w is not None]
-    return _figures(policy, "measured", got, len(waits) - len(got), switches, args.compress)
+    return got, len(waits) - len(got)
+
+
+def _switches(metrics: str) -> int:
+    ok = re.compile(r'^llmux_switch_total\{[^}]*result="success"[^}]*\} (\S+)', re.M)
+    return sum(int(float(v)) for v in ok.findall(metrics))
 
 
 def simulate(trace: Trace, policy: str, args) -> Figures:

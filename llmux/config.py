@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+DAY = 86400.0  # the most a scheduling estimate or bound may say: longer is a typo
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 HOOK_KINDS = ("wake", "sleep", "alive")
 
@@ -61,14 +62,17 @@ def integer(lo: int, hi: int) -> Callable[[Any], int]:
     return check
 
 
-def seconds(*, allow_zero: bool = False) -> Callable[[Any], float]:
+def seconds(*, allow_zero: bool = False, most: float | None = None) -> Callable[[Any], float]:
     bound = ">= 0" if allow_zero else "> 0"
+    if most is not None:
+        bound += f" and <= {most:g}"
 
     def check(value: Any) -> float:
         if _is_number(value) and (value > 0 or (allow_zero and value == 0)):
             if value != value or value == float("inf"):
                 raise ValueError(f"expected a finite number of seconds, got {_show(value)}")
-            return float(value)
+            if most is None or value <= most:
+                return float(value)
         raise ValueError(f"expected a number of seconds {bound}, got {_show(value)}")
 
     return check
@@ -231,7 +235,7 @@ class ModelConfig:
     # cost_aware's estimate of how long a queue takes to clear. llmux does not cap at it.
     concurrency: int | None = setting(None, optional(integer(1, 100_000)))
     # what a wake is expected to take until a switch into this model was measured
-    wake_estimate_secs: float | None = setting(None, optional(seconds()))
+    wake_estimate_secs: float | None = setting(None, optional(seconds(most=DAY)))
 
     def hook(self, kind: str) -> str:
         return getattr(self, kind)
@@ -250,7 +254,7 @@ class PolicyConfig:
     # put the awake model to sleep this long after its last response ended
     idle_sleep_secs: float | None = setting(None, optional(seconds()))
     # cost_aware: the starvation bound; raised to twice a measured round-trip switch
-    max_wait_secs: float = setting(120.0, seconds())
+    max_wait_secs: float = setting(120.0, seconds(most=DAY))
     # cost_aware: a woken model serves this many times its switch cost before others
     # that wait (not too long) take the GPU
     quantum_factor: float = setting(1.0, number(0, 100))
@@ -330,6 +334,17 @@ class Config:
         own = self.models[model].idle_sleep_secs
         secs = own if own is not None else self.policy.idle_sleep_secs
         return secs or None
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but work against each other, one line each."""
+        p = self.policy
+        timeout = p.request_timeout_secs
+        if p.policy_type == "cost_aware" and timeout is not None and timeout < p.max_wait_secs:
+            return [
+                f"request_timeout_secs ({timeout:g}) is below max_wait_secs "
+                f"({p.max_wait_secs:g}): waiting requests time out before the bound serves them"
+            ]
+        return []
 
     def admin_token(self) -> str | None:
         return self.admin.token or os.environ.get("LLMUX_ADMIN_TOKEN") or None

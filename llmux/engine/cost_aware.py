@@ -15,14 +15,19 @@ average of that switch, drain included):
 1. *Exhaustive service.* Requests for the awake model ``a`` are admitted while it
    is not closing, queued or not (:meth:`admits` is the state check).
 2. *Hard bound.* The bound in force for model ``j`` is
-   ``W_j = max(max_wait_secs, 2 * (C(a->j) + C(j->a)))``: twice the cost of
+   ``W_j = max(max_wait_secs, 2 * (C(x->j) + C(j->x)))``, ``x`` the model awake
+   (or being woken; a cold start's cost alone when none is): twice the cost of
    switching away and back, because a bound below about one cycle of the server
    fires on every visit and turns the policy into FIFO's ping-pong (Borst &
    Boxma, "Polling: past, present and perspective", cycle time E[S]/(1-rho)).
-   It depends on measured costs only, never on load, so it still holds under
-   overload. When ``j``'s oldest waiter would reach ``W_j`` by the time a switch
-   could bring ``j``, ``a`` is closed for the most overdue such model (earliest
-   deadline first): no request waits longer than its bound plus one switch.
+   It depends on measured (or declared) costs only, never on load. Waiting
+   models are taken in order of their oldest waiter's arrival + bound (earliest
+   deadline first); ``a`` is closed as soon as leaving it later would bring one
+   of them past its bound, counting the switches to those before it
+   (:meth:`_latest_start`). So no request waits longer than the bound in force
+   when it arrived plus one switch, as long as the switch costs are known and
+   the drains are as long as measured (a backend that is itself overloaded
+   makes its drain, and so the switch away from it, longer than any bound).
 3. *Quantum.* Otherwise ``a`` keeps the GPU while it has work until it has served
    its quantum, ``max(min_active_secs, quantum_factor * C(prev->a))``, and some
    waiter elsewhere is stale: it has waited half a round trip (one switch), or
@@ -36,9 +41,10 @@ average of that switch, drain included):
    switch at once (after ``min_active_secs``); when nobody waits, stay awake.
 5. *Index.* The next model is, under light load (rho < 0.5), the oldest waiter's,
    as in FIFO; otherwise the one with the largest
-   ``index(j) = w_j * sum_r p_r * (1 + age_r / (W_j/4)) / (C(a->j) + n_j * s_j / K_j)``:
-   aged, weighted waiting work per second of switching to it and clearing its
-   queue (a reward-rate index after Duenyas & Van Oyen, 1996). ``p_r`` is the
+   ``index(j) = w_j * sum_r p_r * (1 + age_r / T_j) / (C(a->j) + n_j * s_j / K_j)``,
+   ``T_j`` the staleness time of rule 3 (:meth:`stale_after`): aged, weighted
+   waiting work per second of switching to it and clearing its queue (a
+   reward-rate index after Duenyas & Van Oyen, 1996). ``p_r`` is the
    request's priority (:func:`urgency_weight`), ``w_j`` the model's ``weight``,
    ``s_j`` its measured service time, ``K_j`` its ``concurrency`` (1 if unset). The sum is
    kept per queue (count, sum of p, sum of p * arrival), so a decision costs
@@ -50,9 +56,10 @@ average of that switch, drain included):
    backlog too. (Capping admission at ``concurrency`` was tried in ``llmux
    simulate``: visits cut by time while a backlog waits in llmux collapse into
    ping-pong, as k-limited polling does; see docs/scheduling.md.) At each commit
-   point the switch asks again; it goes on to its target (or to a model whose
-   bound falls due first), never back to the model it left while another waits,
-   and is abandoned only when nobody waits for another model any more.
+   point (drained; asleep) the switch asks again (:meth:`_commit`): it goes on to
+   a model past its deadline if there is one, else to its target, never back
+   to the model it left while another waits, and is abandoned only when nobody
+   waits for another model any more.
 7. *Abort.* A wake whose every waiter has left is stopped when another model has
    waiters (:meth:`aborts_wake`).
 
@@ -125,10 +132,11 @@ class CostAwarePolicy(FifoPolicy):
 
     def round_trip(self, snap: Snapshot, model: str) -> float:
         """Seconds to switch to ``model`` and back to the model it would be switched
-        from (the awake one, else a cold start's cost); 0 while nothing is known."""
+        from: the awake one, else the one a running switch wakes, else a cold start's
+        cost alone; 0 while nothing is known."""
         other = snap.active
-        if other == model:  # its requests wait only while it closes: back from the target
-            other = snap.running.target if snap.running is not None else None
+        if (other is None or other == model) and snap.running is not None:
+            other = snap.running.target  # the model being woken, or woken instead of this one
         if other is None or other == model:
             return self._cost(snap, IDLE, model) or 0.0
         return (self._cost(snap, other, model) or 0.0) + (self._cost(snap, model, other) or 0.0)
@@ -165,9 +173,9 @@ class CostAwarePolicy(FifoPolicy):
             return Stay()  # its own waiters are admitted directly
         if snap.now < snap.backoff_until:
             return WaitUntil(snap.backoff_until)
-        due = min(self._deadline(snap, a, j) for j in others)
+        due = self._latest_start(snap, a, others)
         if snap.now >= due:
-            return SwitchTo(self._next(snap, a, others))
+            return SwitchTo(self._most_urgent(snap, others))
         since = snap.awake_since if snap.awake_since is not None else snap.now
         resident_until = since + snap.min_active_secs
         busy = snap.in_flight.get(a, 0) > 0 or a in snap.queues
@@ -205,10 +213,11 @@ class CostAwarePolicy(FifoPolicy):
 
     def _commit(self, snap: Snapshot) -> Decision:
         """A running switch asks again before an irreversible step (the switcher's
-        commit points): go on to its target, or to a model whose bound is due first;
-        never back to the model it left while another waits. With nobody waiting
-        elsewhere, the model being left stays (``Stay`` abandons the switch); once
-        it is asleep, its own waiters bring it back."""
+        commit points: the old model drained, or asleep): go on to a model past its
+        deadline (EDF) if there is one, else to the switch's target; never back to
+        the model it left while another waits. With nobody waiting elsewhere, the
+        model being left stays (``Stay`` abandons the switch); once it is asleep,
+        its own waiters bring it back."""
         source = snap.running.source
         others = [m for m in snap.queues if m != source]
         if not others:
@@ -216,25 +225,44 @@ class CostAwarePolicy(FifoPolicy):
                 return SwitchTo(source)
             return Stay()
         start = snap.active if snap.states.get(snap.active) == DRAINING else None
-        if start is not None:
-            overdue = [j for j in others if snap.now >= self._deadline(snap, start, j)]
-            if overdue:
-                return SwitchTo(min(overdue, key=lambda j: self._deadline(snap, start, j)))
+        overdue = [j for j in others if snap.now >= self._deadline(snap, start, j)]
+        if overdue:
+            return SwitchTo(self._most_urgent(snap, overdue))
         if snap.running.target in others:
             return SwitchTo(snap.running.target)
         return SwitchTo(self._next(snap, start, others))
 
-    def _deadline(self, snap: Snapshot, a: str, j: str) -> float:
-        """When ``j``'s oldest waiter must be taken to stay within its bound."""
+    def _latest_start(self, snap: Snapshot, a: str, others: Sequence[str]) -> float:
+        """The latest time the awake ``a`` may be left for every waiting model to be
+        reached within its bound, visiting them in deadline order (EDF), one switch
+        after the other (a measured switch cost includes the drain of the model
+        left). With one model waiting this is its :meth:`_deadline`; with several,
+        the switches to the earlier ones count against the later ones."""
+        latest, spent, prev = float("inf"), 0.0, a
+        for j in sorted(others, key=lambda m: snap.queues[m][0] + self.bound(snap, m)):
+            cost = self._cost(snap, prev, j) or 0.0
+            latest = min(latest, snap.queues[j][0] + self.bound(snap, j) - cost - spent)
+            spent += cost
+            prev = j
+        return latest
+
+    def _most_urgent(self, snap: Snapshot, candidates: Sequence[str]) -> str:
+        """Of the waiting models, the one whose oldest waiter's bound ends first (EDF)."""
+        return min(candidates, key=lambda j: snap.queues[j][0] + self.bound(snap, j))
+
+    def _deadline(self, snap: Snapshot, a: str | None, j: str) -> float:
+        """When a switch from ``a`` (None: nothing awake) to ``j`` must start for ``j``'s
+        oldest waiter to stay within its bound."""
         cost = self._cost(snap, a, j) or 0.0
         return snap.queues[j][0] + self.bound(snap, j) - cost
 
     def _next(self, snap: Snapshot, a: str | None, candidates: Sequence[str]) -> str:
-        """The model to switch to: the most overdue past its deadline, else the best index."""
-        if a is not None:
-            overdue = [j for j in candidates if snap.now >= self._deadline(snap, a, j)]
-            if overdue:
-                return min(overdue, key=lambda j: self._deadline(snap, a, j))
+        """The model to switch to from ``a`` (None: nothing awake): the most urgent of
+        those past their deadline, else, under light load, the oldest waiter's, else
+        the best index."""
+        overdue = [j for j in candidates if snap.now >= self._deadline(snap, a, j)]
+        if overdue:
+            return self._most_urgent(snap, overdue)
         if self.hold_share(snap) < 1.0:  # light load: the tail matters more, as in FIFO
             return min(candidates, key=lambda j: snap.queues[j][0])
         return max(candidates, key=lambda j: (self.index(snap, a, j), -snap.queues[j][0]))
@@ -265,10 +293,11 @@ class CostAwarePolicy(FifoPolicy):
             since = snap.awake_since
             resident_until = since + snap.min_active_secs
             if snap.in_flight.get(a, 0) > 0 or a in snap.queues:
-                quantum = self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
+                g = self.hold_share(snap)
+                quantum = g * self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
                 arrival = snap.queues[model][0] if model in snap.queues else snap.now
                 bound = self.bound(snap, model)
-                stale = arrival + self.stale_after(snap, model)
+                stale = arrival + g * self.stale_after(snap, model)
                 forced = arrival + bound - (self._cost(snap, a, model) or 0.0)
                 resident_until = min(max(resident_until, since + quantum, stale), forced)
         return self._eta(snap, model, resident_until)

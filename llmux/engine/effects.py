@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
 class RunHook:
+    """Run a hook; ``stop``: an event that, once set, ends it (its process group)."""
+
     model: str
     kind: str  # "wake" | "sleep" | "alive"
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 IDLE = "idle"  # the "from" of a cold start
 
@@ -22,13 +23,15 @@ Costs = Mapping[tuple[str, str], float]
 class RunningSwitch:
     """The switch in the switching slot: from ``source`` (None: nothing awake) to
     ``target``, begun at ``started``; ``wake_started`` once its wake hook runs;
-    ``aborting`` once the policy asked to stop its wake."""
+    ``aborting`` once the policy asked to stop its wake, ``stop`` the event (a
+    :class:`threading.Event`) that ends its wake hook's process group."""
 
     source: str | None
     target: str
     started: float
     wake_started: float | None = None
     aborting: bool = False  # its wake is being stopped: nobody waits for it any more
+    stop: Any = field(default=None, compare=False, repr=False)
 
 
 def switch_cost(

@@ -53,6 +53,7 @@ def _event(kind: str):
 @_event("request_queued")
 class RequestQueued(Event):
     model: str
+    weight: float = 1.0  # its priority weight (from its Priority header's urgency)
 
 
 @_event("request_admitted")

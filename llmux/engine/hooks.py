@@ -48,7 +48,7 @@ class HookResult:
     returncode: int | None
     duration: float
     timed_out: bool = False
-    aborted: bool = False  # stopped by llmux (:meth:`HookRunner.abort`)
+    aborted: bool = False  # stopped by llmux (its ``stop`` event was set)
     stdout: str = ""
     stderr: str = ""
     error: str = ""  # the hook could not even be started
@@ -95,6 +95,8 @@ def run_hook(
     without a keeper they are closed (and such a process may get SIGPIPE).
     """
     start = time.monotonic()
+    if stop is not None and stop.is_set():  # stopped before it began: start nothing
+        return HookResult(hook, None, 0.0, aborted=True)
     fds: list[int] = []
     try:
         fds += os.pipe()
@@ -294,7 +296,6 @@ class HookRunner:
         self.keeper = keeper if keeper is not None else OutputKeeper()
         self._former: dict = {}  # removed model -> the config that still defines it
         self._progress: dict[str, Progress] = {}  # model -> its last wake hook's progress
-        self._stops: dict[str, threading.Event] = {}  # model -> the stop of its running wake
 
     def update(self, config) -> None:
         """Use ``config`` from the next hook run on."""
@@ -315,10 +316,10 @@ class HookRunner:
         config = self.config
         return config if model in config.models else self._former[model]
 
-    def run(self, model: str, kind: str) -> HookResult:
+    def run(self, model: str, kind: str, stop: threading.Event | None = None) -> HookResult:
         """Run ``model``'s ``kind`` hook and wait for it; never raises for what the
-        hook does (a failure, a timeout, a hook that cannot start are all in the
-        result). KeyError for a model no config defines."""
+        hook does (a failure, a timeout, a hook that cannot start, a ``stop`` are all
+        in the result). KeyError for a model no config defines."""
         config = self._config_of(model)
         spec = config.models[model]
         env = dict(os.environ)
@@ -326,10 +327,9 @@ class HookRunner:
         env.update(LLMUX_MODEL=model, LLMUX_PORT=str(spec.port), LLMUX_HOOK=kind)
         # lets a hook run llmux's own tools (the demo's fake backend) from any venv
         env.setdefault("LLMUX_PYTHON", sys.executable)
-        progress = stop = None
+        progress = None
         if kind == "wake":
             progress = self._progress[model] = Progress()
-            stop = self._stops[model] = threading.Event()
         return run_hook(
             spec.hook(kind),
             hook=kind,
@@ -343,13 +343,6 @@ class HookRunner:
             progress=progress,
             stop=stop,
         )
-
-    def abort(self, model: str) -> None:
-        """End ``model``'s running wake hook (its whole process group); its run
-        returns at once with ``aborted`` set. Nothing happens if none runs."""
-        stop = self._stops.get(model)
-        if stop is not None:
-            stop.set()
 
     def progress(self, model: str) -> float | None:
         """The fraction (0-1) the last wake hook of ``model`` said it reached, or None."""

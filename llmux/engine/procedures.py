@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 from ..errors import LlmuxError, ModelUnavailable, SwitchTimeout
 from . import events as ev
@@ -94,8 +95,10 @@ class Procedures:
                 return
             self._set_state(self._models[target], WAKING)
             t0 = self.clock()
-            self._running = dataclasses.replace(self._running, wake_started=t0)
-        failure = yield from self._wake(target)
+            stop = threading.Event()
+            self._running = dataclasses.replace(self._running, wake_started=t0, stop=stop)
+            self._check_wake_wanted()  # a preload may have nobody waiting from the start
+        failure = yield from self._wake(target, stop)
         phases["wake"] = self.clock() - t0
         if failure is ABORTED:
             yield from self._stop_wake(source, target, started, phases)
@@ -259,15 +262,16 @@ class Procedures:
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=False, error=reason)
 
-    def _wake(self, target: str) -> Procedure:
-        """Run ``wake`` and poll ``alive`` (state already ``waking``); why it failed,
-        None, or :data:`ABORTED` when it was stopped (the caller puts it to sleep)."""
-        result = yield from self._hook(target, "wake")
-        if self._aborting():
+    def _wake(self, target: str, stop=None) -> Procedure:
+        """Run ``wake`` (ended once ``stop`` is set) and poll ``alive`` (state already
+        ``waking``); why it failed, None, or :data:`ABORTED` when it was stopped (the
+        caller puts it to sleep)."""
+        result = yield from self._hook(target, "wake", stop)
+        if result.aborted or self._still_aborting(target):
             return ABORTED
         if result.ok:
             result = yield from self._wait_alive(target)
-            if self._aborting():
+            if result.aborted:
                 return ABORTED
             if result.ok:
                 return None
@@ -291,25 +295,35 @@ class Procedures:
         interval = ALIVE_FIRST_INTERVAL
         while True:
             result = yield RunHook(model, "alive")
-            if result.ok or self.clock() >= deadline or self._aborting():
+            if result.ok or self.clock() >= deadline or self._still_aborting(model):
                 break
             with self._locked:
                 self._emit(ev.AliveProbeFailed(model, result))
             yield Pause(min(interval, max(deadline - self.clock(), 0)))
             interval = min(interval * 1.5, ALIVE_MAX_INTERVAL)
-        result = dataclasses.replace(result, duration=self.clock() - start)
+        # stopped with the wake: the last failed probe is llmux's doing, not the model's
+        aborted = not result.ok and self._still_aborting(model)
+        result = dataclasses.replace(result, duration=self.clock() - start, aborted=aborted)
         with self._locked:
             self._emit(ev.HookFinished(model, result))
         return result
 
-    def _aborting(self) -> bool:
-        """Whether the running switch's wake is to be stopped (``_check_wake_wanted``)."""
+    def _still_aborting(self, model: str) -> bool:
+        """Whether the running switch's wake of ``model`` is to be stopped: it was asked
+        (``_check_wake_wanted``) and, asked again now, the policy still wants it
+        stopped. A new waiter since withdraws the request: the wake goes on."""
         with self._locked:
-            return self._running is not None and self._running.aborting
+            running = self._running
+            if running is None or not running.aborting:
+                return False
+            if self._wake_unwanted(model):
+                return True
+            self._running = dataclasses.replace(running, aborting=False)
+            return False
 
-    def _hook(self, model: str, kind: str) -> Procedure:
+    def _hook(self, model: str, kind: str, stop=None) -> Procedure:
         """Run one hook and report it; its :class:`HookResult`."""
-        result = yield RunHook(model, kind)
+        result = yield RunHook(model, kind, stop)
         with self._locked:
             self._emit(ev.HookFinished(model, result))
         return result

@@ -105,7 +105,8 @@ MIN_WAIT_UNTIL_SECS = 0.05
 
 
 class Hooks(Protocol):
-    def run(self, model: str, kind: str) -> HookResult: ...
+    def run(self, model: str, kind: str, stop: threading.Event | None = None) -> HookResult:
+        """Run ``model``'s ``kind`` hook; once ``stop`` is set, end it (``aborted``)."""
 
     def ready_timeout(self, model: str) -> float: ...
 
@@ -113,8 +114,6 @@ class Hooks(Protocol):
     # def progress(self, model: str) -> float | None: ...
     # optional: drop what is kept about a model a reload removed
     # def forget(self, model: str) -> None: ...
-    # optional: end the running wake hook of a model now (it returns, failed)
-    # def abort(self, model: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -300,7 +299,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         waiter = Waiter(model, now, weight, wakeup=self.runner.condition(self._lock))
         m.waiters.join(waiter)
         self._drained.notify_all()  # a drain re-asks: this waiter may make it unneeded
-        self._emit(ev.RequestQueued(model))
+        self._emit(ev.RequestQueued(model, weight))
         self._emit(ev.QueueDepthChanged(model, len(m.waiters)))
         try:
             if queued is not None:
@@ -460,21 +459,25 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
     def _check_wake_wanted(self) -> None:
         """Stop the running wake if its waiters all left and the policy says so (lock held).
 
-        The hook runner ends the wake hook's process group (``hooks.abort``); the
-        switch then puts the model back to sleep and the policy decides again.
+        Sets the running switch's ``stop`` event: the hook runner ends the wake
+        hook's process group (at once if it has not started); the switch then puts
+        the model back to sleep and the policy decides again (``_stop_wake``).
         """
         running = self._running
         if running is None or running.aborting or running.wake_started is None:
             return
-        m = self._models.get(running.target)
-        if m is None or m.state != WAKING or m.waiters:
-            return
-        if not self.policy.aborts_wake(self._snapshot(self.clock()), running.target):
+        if not self._wake_unwanted(running.target):
             return
         self._running = dataclasses.replace(running, aborting=True)
-        abort = getattr(self.hooks, "abort", None)
-        if abort is not None:
-            abort(running.target)
+        if running.stop is not None:
+            running.stop.set()
+
+    def _wake_unwanted(self, model: str) -> bool:
+        """Whether nobody waits for ``model``, being woken, and the policy would stop it."""
+        m = self._models.get(model)
+        if m is None or m.state != WAKING or m.waiters:
+            return False
+        return self.policy.aborts_wake(self._snapshot(self.clock()), model)
 
     def _set_state(self, m: _Model, state: ModelState) -> None:
         """Move ``m`` to ``state`` (lock held); staying where it is is no transition."""
@@ -530,7 +533,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
     def _perform(self, effect: Effect) -> Any:
         """Do what a procedure yielded (no lock held), for :class:`ThreadRunner`."""
         if isinstance(effect, RunHook):
-            return self.hooks.run(effect.model, effect.kind)
+            return self.hooks.run(effect.model, effect.kind, stop=effect.stop)
         if isinstance(effect, AwaitDrain):
             with self._locked:
                 while (outcome := self._drain_outcome(effect)) is None:

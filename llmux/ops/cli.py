@@ -110,12 +110,8 @@ def check(config_file):
             else ""
         )
     )
-    timeout = p.request_timeout_secs
-    if p.policy_type == "cost_aware" and timeout is not None and timeout < p.max_wait_secs:
-        click.echo(
-            f"  warning: request_timeout_secs ({timeout:g}) is below max_wait_secs "
-            f"({p.max_wait_secs:g}): waiting requests time out before the bound serves them"
-        )
+    for warning in config.warnings():
+        click.echo(f"  warning: {warning}")
 
 
 def _admin_options(f):

@@ -28,6 +28,8 @@ from .compare import ALL_POLICIES, Costs, compare, measured_costs, policy_settin
 from .report import plot, table
 from .traces import AZURE_ATTRIBUTION, Trace, TraceError, load_trace
 
+MAX_SECS = 1e6  # a switch longer than 11 days is a typo, not a cost
+
 
 def _per_model(text: str | None, option: str) -> dict[str, float]:
     out: dict[str, float] = {}
@@ -41,8 +43,10 @@ def _per_model(text: str | None, option: str) -> dict[str, float]:
             raise click.BadParameter(
                 f"expected MODEL=SECONDS, got {item!r}", param_hint=option
             ) from None
-        if not sep or out[name.strip()] < 0:
-            raise click.BadParameter(f"expected MODEL=SECONDS, got {item!r}", param_hint=option)
+        if not sep or not 0 <= out[name.strip()] <= MAX_SECS:
+            raise click.BadParameter(
+                f"expected MODEL=SECONDS (0-{MAX_SECS:g}), got {item!r}", param_hint=option
+            )
     return out
 
 
@@ -67,8 +71,15 @@ def _costs(trace: Trace, config, opts) -> Costs:
     if opts["switch_secs"] is not None:
         wake = {m: opts["switch_secs"] for m in models}
         sleep = {m: 0.0 for m in models}
-    wake.update(_per_model(opts["wake_secs"], "--wake-secs"))
-    sleep.update(_per_model(opts["sleep_secs"], "--sleep-secs"))
+    for option, costs in (("--wake-secs", wake), ("--sleep-secs", sleep)):
+        given = _per_model(opts[option[2:].replace("-", "_")], option)
+        unknown = sorted(set(given) - set(models))
+        if unknown:
+            raise click.BadParameter(
+                f"{', '.join(unknown)} not in the trace (its models: {', '.join(models)})",
+                param_hint=option,
+            )
+        costs.update(given)
     missing = [m for m in models if m not in wake]
     if missing:
         raise click.UsageError(
@@ -79,7 +90,7 @@ def _costs(trace: Trace, config, opts) -> Costs:
     for m in models:
         if opts["concurrency"] is not None:
             concurrency[m] = opts["concurrency"]
-        elif config is not None and m in config.models:
+        elif config is not None and m in config.models and config.models[m].concurrency:
             concurrency[m] = config.models[m].concurrency
         else:
             concurrency[m] = 1
@@ -89,7 +100,9 @@ def _costs(trace: Trace, config, opts) -> Costs:
 @click.command()
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @click.option("-c", "--config", "config_file", metavar="PATH", help="llmux config: policy, models")
-@click.option("--switch-secs", type=click.FloatRange(0), help="every wake takes this (sleep 0)")
+@click.option(
+    "--switch-secs", type=click.FloatRange(0, MAX_SECS), help="every wake takes this (sleep 0)"
+)
 @click.option("--wake-secs", metavar="M=S,...", help="per-model wake seconds")
 @click.option("--sleep-secs", metavar="M=S,...", help="per-model sleep seconds")
 @click.option("--costs-from", metavar="URL", help="a running llmux: its measured switch costs")
@@ -157,10 +170,20 @@ def simulate(traces, config_file, plot_path, as_json, policies, **opts):
             + f"; concurrency {', '.join(str(costs.concurrency[m]) for m in trace.models)}"
         )
         click.echo(table([s for _, s in runs]))
+        for result, summary in runs:
+            queued = sum(
+                1 for r in result.requests if r.started_at and r.started_at > r.admitted_at
+            )
+            if queued > 0.1 * max(summary.served, 1):
+                click.echo(
+                    f"note: under {summary.policy}, {queued} of {summary.served} requests "
+                    "queued in their backend after admission (its --concurrency is too small "
+                    "for the traffic): that wait is not in these figures"
+                )
         if any("AzureLLMInferenceTrace" in t for t in traces):
             click.echo(f"Trace: {AZURE_ATTRIBUTION}")
     if plot_path:
         try:
             plot([r for r, _ in runs], plot_path, title=f"{trace.name}, {len(trace)} requests")
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (RuntimeError, OSError, ValueError) as exc:  # no matplotlib, a bad path or format
+            raise click.ClickException(f"cannot write the plot {plot_path}: {exc}") from None

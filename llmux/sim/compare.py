@@ -52,12 +52,16 @@ class Costs:
 def measured_costs(url: str, models: Sequence[str], timeout: float = 10.0) -> dict[str, float]:
     """Model -> the mean measured cost of switches into it (seconds, drain and sleep
     included), read from a running llmux's ``GET {url}/llmux/status``. Raises
-    OSError (urllib's URLError) when it does not answer, ValueError on a bad answer."""
+    OSError (urllib's URLError) when it does not answer, ValueError on an answer
+    that is not llmux's status."""
     with urllib.request.urlopen(url.rstrip("/") + "/llmux/status", timeout=timeout) as resp:
         status = json.load(resp)
     into: dict[str, list[float]] = {}
-    for row in status.get("switch_costs", []):
-        into.setdefault(row["to"], []).append(float(row["ema_secs"]))
+    try:
+        for row in status.get("switch_costs", []):
+            into.setdefault(str(row["to"]), []).append(float(row["ema_secs"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ValueError("not an llmux /llmux/status answer (switch_costs)") from None
     return {m: sum(v) / len(v) for m, v in into.items() if m in models}
 
 
@@ -109,11 +113,15 @@ def compare(
     settings = settings if settings is not None else policy_settings(config)
     models = model_settings(trace, costs, config)
     yard = costs.yardstick(trace.models, settings)
+    if patience_secs is None:  # clients give up where llmux would time them out (504)
+        patience_secs = settings.request_timeout_secs
     backends = Backends(costs.wake_secs, costs.sleep_secs, costs.concurrency, patience_secs)
     switch = SwitchSettings.from_policy(settings)
     runs = []
+    yardstick = build_policy("cost_aware", settings, models)
     for name in policies:
-        sim = Simulation(trace, build_policy(name, settings, models), backends, switch)
+        policy = build_policy(name, settings, models)
+        sim = Simulation(trace, policy, backends, switch, yardstick=yardstick)
         result = sim.simulate()
         runs.append((result, summarize(result, yard)))
     return runs

@@ -6,10 +6,12 @@ Usage::
     print(table([summary, ...]))
     plot([result, ...], "waits.png")      # needs matplotlib (the ``sim`` extra)
 
-Every policy is measured with the same :class:`Yardstick`: the starvation bound
-``cost_aware`` would hold with these costs (``max(max_wait_secs, 2 x round
-trip)``, the largest over a model's partners) and its quantum, so "past the
-bound" and "thrash" mean the same for FIFO as for ``cost_aware``.
+"Past the bound" compares each request's wait with the bound ``cost_aware``
+would have had in force when it arrived, from the switch costs measured so far
+in that run (``Request.bound``; :class:`Yardstick`'s, from the declared costs,
+when there is none), plus the switch that served it. "Thrash" uses the
+yardstick's quantum, the same for every policy: ``quantum_factor`` x the declared
+cost, not scaled down by load as ``cost_aware``'s own quantum is.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Summary:
     wasted_wakes: int
     stopped_wakes: int
     never_served: int
+    gave_up: int = 0  # left the queue: their client's patience, or request_timeout_secs
 
     COLUMNS = (
         ("policy", "policy", "{}"),
@@ -72,6 +75,7 @@ class Summary:
         ("wasted_wakes", "wasted wakes", "{}"),
         ("stopped_wakes", "stopped wakes", "{}"),
         ("never_served", "not served", "{}"),
+        ("gave_up", "gave up", "{}"),
     )
 
 
@@ -120,18 +124,20 @@ def summarize(result: Result, yard: Yardstick) -> Summary:
         wasted_wakes=_wasted(served, ok),
         stopped_wakes=result.stopped_wakes,
         never_served=sum(1 for r in result.requests if r.admitted_at is None and not r.gone),
+        gave_up=sum(1 for r in result.requests if r.gone),
     )
 
 
 def _past_bound(served: Sequence[Request], ok: Sequence[Switch], yard: Yardstick) -> int:
-    """Requests that waited longer than their bound plus the switch that served them."""
+    """Requests that waited longer than the bound in force when they arrived (from the
+    costs measured by then; else the yardstick's) plus the switch that served them."""
     took = {(s.target, s.finished): s.finished - s.started for s in ok}
-    return sum(
-        1
-        for r in served
-        if r.admitted_at - r.arrival.at
-        > yard.bound(r.arrival.model) + took.get((r.arrival.model, r.admitted_at), 0.0) + 1e-6
-    )
+    count = 0
+    for r in served:
+        bound = r.bound if r.bound is not None else yard.bound(r.arrival.model)
+        limit = bound + took.get((r.arrival.model, r.admitted_at), 0.0)
+        count += r.admitted_at - r.arrival.at > limit + 1e-6
+    return count
 
 
 def _thrash(result: Result, ok: Sequence[Switch], yard: Yardstick) -> int:
@@ -195,14 +201,16 @@ def plot(results: Sequence[Result], path: str, title: str = "") -> None:
     except ImportError as exc:
         raise RuntimeError('plotting needs matplotlib: pip install "llmux-proxy[sim]"') from exc
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for result in results:
+    for i, result in enumerate(results):
         w = waits(result.requests)
         if w:
-            left.plot([max(x, 0.01) for x in w], [(i + 1) / len(w) for i in range(len(w))])
+            xs, ys = [max(x, 0.01) for x in w], [(k + 1) / len(w) for k in range(len(w))]
+            style = ("-", "--", "-.", ":")[i % 4]  # runs that are equal stay visible
+            left.plot(xs, ys, linestyle=style, label=result.policy)
     left.set_xscale("log")
     left.set_xlabel("queue wait (s, log scale)")
     left.set_ylabel("fraction of requests")
-    left.legend([r.policy for r in results], loc="lower right")
+    left.legend(loc="lower right")
     left.grid(alpha=0.3)
     models = sorted({s.target for r in results for s in r.switches})
     colours = {m: f"C{i % 10}" for i, m in enumerate(models)}

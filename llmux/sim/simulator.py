@@ -65,6 +65,7 @@ class Request:
     ticket: Ticket | None = None
     waiter: Any = None
     gone: bool = False  # left the queue (patience) or failed
+    bound: float | None = None  # the starvation bound in force when it arrived
     admitted_at: float | None = None
     started_at: float | None = None  # its service in the backend
     done_at: float | None = None
@@ -122,7 +123,9 @@ class _Step:
 
 
 class Simulation(Observer):
-    """One run of ``trace`` through a switcher deciding with ``policy``."""
+    """One run of ``trace`` through a switcher deciding with ``policy``; ``yardstick``
+    (a policy with a ``bound``) gives each request the bound in force at its arrival,
+    from the switch costs measured so far, the same for every policy compared."""
 
     def __init__(
         self,
@@ -130,16 +133,19 @@ class Simulation(Observer):
         policy,
         backends: Backends,
         settings: SwitchSettings | None = None,
+        *,
+        yardstick=None,
     ):
         self.trace = trace
         self.backends = backends
+        # a policy whose bound(snap, model) measures every run alike (FIFO has none)
+        self.yardstick = yardstick
         self.now = 0.0
         self._heap: list = []
         self._seq = itertools.count()
         self._ready: deque = deque()  # (step, value) to resume at once
         self._notified: list[_Condition] = []
         self._steps: list[_Step] = []
-        self._aborts: list[str] = []
         self._timer_started = False
         self._timer_scheduled: float | None = None  # the due time an event waits for
         self.up: set[str] = set()
@@ -149,6 +155,7 @@ class Simulation(Observer):
         self._serving: dict[str, deque[Request]] = {m: deque() for m in trace.models}
         self._backlog: dict[str, deque[Request]] = {m: deque() for m in trace.models}
         self._busy = 0
+        self._in_flight: dict[str, int] = {}  # as the engine reports it (events)
         self._busy_since = 0.0
         self.serving_secs = 0.0
         self.sw = Switcher(
@@ -185,9 +192,6 @@ class Simulation(Observer):
     def ready_timeout(self, model: str) -> float:
         return FOREVER
 
-    def abort(self, model: str) -> None:
-        self._aborts.append(model)
-
     # --- running ---
 
     def at(self, when: float, action: Callable[[], None]) -> None:
@@ -221,6 +225,9 @@ class Simulation(Observer):
         then()
         r = Request(a)
         self.requests.append(r)
+        if self.yardstick is not None:
+            with self.sw._locked:
+                r.bound = self.yardstick.bound(self.sw._snapshot(self.now), a.model)
         try:
             got = self.sw.enter(a.model, weight=urgency_weight(a.priority))
         except LlmuxError:
@@ -269,12 +276,12 @@ class Simulation(Observer):
 
     def _pump(self) -> None:
         """Act on everything the last action set off, until nothing moves."""
-        while self._ready or self._notified or self._aborts:
+        self._stop_wakes()  # the action may have set a stop and notified nothing
+        while self._ready or self._notified:
             while self._ready:
                 step, value = self._ready.popleft()
                 self._resume(step, value)
-            while self._aborts:
-                self._stop_wake(self._aborts.pop())
+            self._stop_wakes()
             notified, self._notified = self._notified, []
             for cond in dict.fromkeys(notified):  # each once, in order
                 if cond.owner == "timer":
@@ -361,20 +368,24 @@ class Simulation(Observer):
             step.drain = None
             self._ready.append((step, outcome))
 
-    def _stop_wake(self, model: str) -> None:
+    def _stop_wakes(self) -> None:
+        """End the hooks whose stop the engine set, as the hook runner would, at once."""
         for step in self._steps:
-            if step.hook is not None and step.hook.kind == "wake" and step.hook.model == model:
-                self.stopped_wakes += 1
-                self._ready.append((step, HookResult("wake", -15, 0.0, aborted=True)))
+            hook = step.hook
+            if hook is not None and hook.stop is not None and hook.stop.is_set():
+                self.stopped_wakes += hook.kind == "wake"
+                self._ready.append((step, HookResult(hook.kind, -15, 0.0, aborted=True)))
                 step.token += 1  # its scheduled end is void
                 step.hook = None
 
     # --- what the engine reports ---
 
+    def in_flight_changed(self, model, in_flight) -> None:
+        self._in_flight[model] = in_flight
+
     def switch_started(self, from_model, to_model) -> None:
-        busy = from_model is not None and bool(
-            self._serving[from_model] or self._backlog[from_model]
-        )
+        # the engine's count: admitted requests count before the simulation starts them
+        busy = from_model is not None and self._in_flight.get(from_model, 0) > 0
         self.switches.append(Switch(self.now, from_model, to_model, busy_source=busy))
 
     def drain_finished(self, from_model, to_model, seconds, completed) -> None:

@@ -67,7 +67,10 @@ class Arrival:
     priority: int = 3
 
     def __post_init__(self):
-        ok = self.at >= 0 and self.service_secs > 0 and self.tokens >= 0 and self.model
+        # finite, and times before year 2286 (absolute ones are shifted later) and
+        # services under ~115 days: larger ones are typos, and lose float precision
+        ok = 0 <= self.at < 1e10 and 0 < self.service_secs < 1e7 and self.tokens >= 0
+        ok = ok and bool(self.model)
         if not (ok and 0 <= self.prefill_secs <= self.service_secs and 0 <= self.priority <= 7):
             raise ValueError(f"arrival out of range: {self!r}")
 
@@ -244,7 +247,9 @@ def _replay_header(rec: dict, where: str):
         token_ms = float(rec["token_ms"])
         models = rec.get("models", {})
         costs = {str(m): {k: float(v) for k, v in c.items()} for m, c in models.items()}
-        if not token_ms > 0:
+        if not token_ms > 0 or not all(
+            math.isfinite(v) and v >= 0 for c in costs.values() for v in c.values()
+        ):
             raise ValueError
     except (KeyError, TypeError, ValueError, AttributeError):
         want = "token_ms > 0 and models {MODEL: {wake_secs: S, sleep_secs: S}}"
@@ -299,7 +304,10 @@ def _row(rec: Mapping, where: str, model, service: ServiceModel, token_ms):
         raise TraceError(f"{where}: priority must be 0..7, got {priority}")
     if not secs > 0 or prefill > secs:
         raise TraceError(f"{where}: need service time > 0 and >= prefill, got {secs}, {prefill}")
-    return when != "at", Arrival(t, model.strip(), secs, tokens, prefill, priority)
+    try:
+        return when != "at", Arrival(t, model.strip(), secs, tokens, prefill, priority)
+    except ValueError:  # beyond what a trace can mean (a time in milliseconds, a typo)
+        raise TraceError(f"{where}: time or service time out of range: {t:g}, {secs:g}") from None
 
 
 def _epoch(text: str, where: str) -> float:

@@ -22,11 +22,11 @@ class LogObserver(Observer):
     of :mod:`llmux.telemetry.logs`, since they are logged in that request's greenlet.
     """
 
-    def request_queued(self, model):
+    def request_queued(self, model, weight=1.0):
         log.info(
             "request for %s queued",
             model,
-            extra={"event": "request_queued", "model": model},
+            extra={"event": "request_queued", "model": model, "priority_weight": round(weight, 3)},
         )
 
     def request_admitted(self, model, waited, queued):

@@ -159,13 +159,13 @@ class Metrics(Observer):
     def set_wait_bounds(self, bounds: dict[str, float | None]) -> None:
         """Set ``llmux_wait_bound_seconds`` (at scrape time: bounds follow the costs);
         a model without a bound (FIFO) has no series."""
+        for model in sorted(self._bounded - {m for m, s in bounds.items() if s is not None}):
+            self.wait_bound.remove(model)  # FIFO now, or removed by a reload
+            self._bounded.discard(model)
         for model, secs in bounds.items():
             if secs is not None:
                 self.wait_bound.labels(model).set(secs)
                 self._bounded.add(model)
-            elif model in self._bounded:
-                self.wait_bound.remove(model)
-                self._bounded.discard(model)
 
     def request_finished(
         self, model: str, status: int, seconds: float, outcome: str = "completed"

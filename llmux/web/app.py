@@ -90,6 +90,8 @@ class Gateway:
         )
         self.upstream = Upstream(config.proxy)
         self.reloader = Reloader(self)
+        for warning in config.warnings():
+            log.warning("config: %s", warning, extra={"event": "config_warning"})
         self.switcher.start(self._take_over, preload=config.startup.preload)
 
     def _take_over(self) -> str | None:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import http_sf
 
+from ..engine.cost_aware import DEFAULT_URGENCY
 from ..errors import (
     Forbidden,
     InvalidBody,
@@ -69,9 +70,6 @@ def routed_path(environ: dict, extra_paths: Iterable[str] = ()) -> str:
             if path == prefix or path.startswith(prefix + "/"):
                 return path
     raise NotFound(f"no route for {clip(path)}")
-
-
-DEFAULT_URGENCY = 3  # RFC 9218 §4.1
 
 
 def urgency(environ: dict) -> int:

@@ -91,6 +91,8 @@ class Reloader:
             "needs_restart": [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)],
         }
         log.info("config reloaded", extra={"event": "config_reloaded", **summary})
+        for warning in new.warnings():
+            log.warning("config: %s", warning, extra={"event": "config_warning"})
         return summary
 
     def _retire(self, model: str) -> None:

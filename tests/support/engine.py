@@ -163,7 +163,6 @@ class Harness:
         self.up: set[str] = set()
         self.alive_override: dict[str, bool] = {}
         self.calls: list[tuple[str, str]] = []
-        self.aborted: set[str] = set()  # models whose running wake the engine stopped
         self.wake_progress = progress if progress is not None else {}
         self._ready_timeout = ready_timeout
         self.requests: list[Request] = []
@@ -182,7 +181,7 @@ class Harness:
 
     # --- the Hooks protocol; only ready_timeout and progress are called directly ---
 
-    def run(self, model: str, kind: str) -> HookResult:
+    def run(self, model: str, kind: str, stop=None) -> HookResult:
         raise AssertionError("hooks run only through the harness's effects")
 
     def ready_timeout(self, model: str) -> float:
@@ -190,10 +189,6 @@ class Harness:
 
     def progress(self, model: str) -> float | None:
         return self.wake_progress.get(model)
-
-    def abort(self, model: str) -> None:
-        """The engine stops ``model``'s wake hook: it ends at the next step, killed."""
-        self.aborted.add(model)
 
     # --- what the test does ---
 
@@ -320,9 +315,9 @@ class Harness:
             return True
         effect = step.effect
         fresh, step.fresh = step.fresh, False
-        if isinstance(effect, RunHook) and effect.kind == "wake" and effect.model in self.aborted:
-            self.aborted.discard(effect.model)
-            self._resume(step, HookResult("wake", -15, 0.0, aborted=True), None)
+        if isinstance(effect, RunHook) and effect.stop is not None and effect.stop.is_set():
+            # the engine stopped it: the runner ends it at once, killed
+            self._resume(step, HookResult(effect.kind, -15, 0.0, aborted=True), None)
             return True
         if isinstance(effect, RunHook) and effect.kind == "alive":
             ok = self.alive_override.get(effect.model, effect.model in self.up)

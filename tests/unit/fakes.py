@@ -24,7 +24,7 @@ class FakeHooks:
         # (model, kind) -> function() -> exit code; replaces the default behaviour
         self.override: dict[tuple[str, str], object] = {}
 
-    def run(self, model: str, kind: str) -> HookResult:
+    def run(self, model: str, kind: str, stop=None) -> HookResult:
         start = time.monotonic()
         with self.lock:
             self.calls.append((model, kind))

@@ -120,3 +120,16 @@ def test_text_log_format_escapes_control_characters():
     record.event = "e"
     line = TextFormatter("%(levelname)s %(message)s").format(record)
     assert line == "INFO model a\\x0ab\\x1b[2J [event=e]"
+
+
+def test_check_shows_cost_aware_settings_and_warns_of_a_shorter_timeout(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "models:\n  m: {port: 8001, wake: a, sleep: b, alive: c}\n"
+        "policy: {policy_type: cost_aware, max_wait_secs: 200, request_timeout_secs: 60}\n"
+    )
+    result = CliRunner().invoke(main, ["check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "policy cost_aware: request_timeout_secs=60.0" in result.output
+    assert "max_wait_secs=200, quantum_factor=1" in result.output
+    assert "warning: request_timeout_secs (60) is below max_wait_secs (200)" in result.output

@@ -288,3 +288,59 @@ shutdown: {sleep_active: 1}
         'startup.adopt: expected true or false, got "yes"',
         'startup.preload: "ghost" is not a configured model',
     ]
+
+
+def test_scheduling_settings(tmp_path):
+    c = load_config(write(tmp_path, MINIMAL))
+    assert (c.policy.policy_type, c.policy.max_wait_secs, c.policy.quantum_factor) == (
+        "fifo",
+        120.0,
+        1.0,
+    )
+    m = c.models["llama"]
+    assert (m.weight, m.concurrency, m.wake_estimate_secs) == (1.0, None, None)
+    text = (
+        MINIMAL
+        + """
+    weight: 2.5
+    concurrency: 16
+    wake_estimate_secs: 30
+policy: {policy_type: cost_aware, max_wait_secs: 300, quantum_factor: 0}
+"""
+    )
+    c = load_config(write(tmp_path, text.replace("\n    weight", "\n    weight")))
+    assert c.policy.policy_type == "cost_aware" and c.policy.max_wait_secs == 300
+    assert c.policy.quantum_factor == 0
+    m = c.models["llama"]
+    assert (m.weight, m.concurrency, m.wake_estimate_secs) == (2.5, 16, 30.0)
+
+
+def test_scheduling_problems(tmp_path):
+    text = (
+        MINIMAL
+        + """
+    weight: 0
+    concurrency: 0
+    wake_estimate_secs: -1
+policy: {policy_type: lru, max_wait_secs: 0, quantum_factor: -1}
+"""
+    )
+    found = problems(tmp_path, text)
+    expected = [
+        "models.llama.weight: expected a number 0.01-100, got 0",
+        "models.llama.concurrency: expected an integer 1-100000, got 0",
+        "models.llama.wake_estimate_secs: expected a number of seconds > 0 and <= 86400, got -1",
+        'policy.policy_type: expected one of fifo, cost_aware, got "lru"',
+        "policy.max_wait_secs: expected a number of seconds > 0 and <= 86400, got 0",
+        "policy.quantum_factor: expected a number 0-100, got -1",
+    ]
+    assert sorted(found) == sorted(expected), found
+
+
+def test_scheduling_estimates_are_capped_at_a_day(tmp_path):
+    text = MINIMAL + "    wake_estimate_secs: 1.0e+12\npolicy: {max_wait_secs: 90000}\n"
+    assert sorted(problems(tmp_path, text)) == [
+        "models.llama.wake_estimate_secs: expected a number of seconds > 0 and <= 86400, "
+        "got 1000000000000.0",
+        "policy.max_wait_secs: expected a number of seconds > 0 and <= 86400, got 90000",
+    ]

@@ -260,3 +260,12 @@ def test_each_running_background_writer_keeps_its_own_pipes(tmp_path):
     finally:
         for pid in pids:
             os.kill(pid, 9)
+
+
+def test_a_stop_set_before_the_hook_starts_starts_nothing(tmp_path):
+    stop = threading.Event()
+    stop.set()
+    marker = tmp_path / "ran"
+    r = run_hook(f"touch {marker}", hook="wake", timeout=5, stop=stop)
+    assert r.aborted and r.returncode is None and not r.ok
+    assert not marker.exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llmux.engine.cost_aware import CostAwarePolicy, urgency_weight
 from llmux.engine.policy import FifoPolicy
-from tests.support.engine import Harness
+from tests.support.engine import Harness, Request
 
 
 class Loaded(CostAwarePolicy):
@@ -166,3 +166,54 @@ def test_under_light_load_the_busy_model_is_left_at_once_for_the_oldest_waiter()
     assert h.hooks_pending() == [("c", "wake")]  # the oldest waiter first, whatever b's urgency
     h.finish("c", "wake")
     assert c.admitted and b.queued
+
+
+def test_a_wake_stopped_while_alive_is_polled_is_not_a_hook_failure():
+    h = harness()
+    h.alive_override["b"] = False  # the server loads slowly: alive keeps failing
+    b = h.request("b")
+    h.finish("b", "wake")
+    assert h.state("b") == "waking" and h.calls[-1] == ("b", "alive")
+    h.request("c")
+    h.cancel(b)
+    h.advance(1.0)  # the next probe comes: the polling stops there
+    assert h.hooks_pending() == [("b", "sleep")]
+    polled = [r for m, r in h.events.of("hook_finished") if m == "b"]
+    assert [(r.hook, r.ok, r.aborted) for r in polled] == [
+        ("wake", True, False),
+        ("alive", False, True),
+    ]
+
+
+def test_a_stop_is_withdrawn_when_a_new_waiter_comes_before_the_wake_ends():
+    h = harness()
+    h.alive_override["b"] = False  # the wake hook returned; the server is still loading
+    b = h.request("b")
+    h.finish("b", "wake")
+    h.request("c")
+    h.cancel(b)  # nobody waits for b: its wake is to stop at the next probe
+    again = h.request("b")  # ... but someone does again, before that probe
+    h.alive_override["b"] = True
+    h.advance(1.0)
+    assert again.admitted and h.state("b") == "awake"
+    assert not h.events.of("switch_abandoned")
+
+
+def test_a_preload_nobody_waits_for_is_stopped_before_it_starts_when_others_wait():
+    h = harness()
+    b = Request("b")
+
+    def prepare():  # a request comes while start-up probes what is awake
+        b.waiter = h.sw.enter("b")
+        h.requests.append(b)
+        return None
+
+    h.sw.start(prepare, preload="a")
+    h.settle()
+    woke = [r for m, r in h.events.of("hook_finished") if m == "a"]
+    assert [(r.hook, r.aborted) for r in woke] == [("wake", True)]  # stopped as it began
+    assert h.hooks_pending() == [("a", "sleep")]
+    h.finish("a", "sleep")
+    h.finish("b", "wake")
+    assert b.admitted
+    assert h.events.of("switch_abandoned")[0][:3] == (None, "a", "nobody waits for it any more")

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from llmux.ops.cli import main
 from llmux.sim.compare import Costs, compare, policy_settings
-from llmux.sim.report import Yardstick, percentile, summarize, table
+from llmux.sim.report import Yardstick, percentile, table
 from llmux.sim.simulator import Backends, Simulation, switching_secs
 from llmux.sim.traces import Arrival, Trace, ping_pong
 
@@ -87,12 +87,12 @@ def test_the_bound_holds_and_runs_are_deterministic():
     assert first.mean < fifo.mean and first.p99 < fifo.p99
 
 
-def test_summary_counts_past_bound_with_the_serving_switch():
-    result, _ = run(trace((0.0, "a", 1.0), (0.5, "b", 1.0)), "fifo")
-    tight = Yardstick({("a", "b"): 2.0, ("b", "a"): 2.0}, 0.1, 1.0)  # bound 8 s
-    assert summarize(result, tight).past_bound == 0
-    tighter = Yardstick({}, 0.1, 1.0)  # bound 0.1 s: b waited 4.5 s, its switch took 3 s
-    assert summarize(result, tighter).past_bound == 1
+def test_past_bound_counts_the_bound_in_force_at_arrival_plus_the_serving_switch():
+    t = trace((0.0, "a", 1.0), (0.5, "b", 1.0))  # b waits 4.5 s; its switch takes 3 s
+    for max_wait, past in ((1.6, 0), (1.4, 1)):  # nothing measured yet at 0.5 s
+        result, s = run(t, "fifo", settings=policy_settings(max_wait_secs=max_wait))
+        assert result.requests[1].bound == max_wait
+        assert s.past_bound == past
 
 
 def test_percentile_and_table():
