@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from ..polling import readable
+from . import spawn
 from .hook_output import TAIL_BYTES, OutputKeeper, Progress, Tail, read_some
 
 __all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "Progress", "run_hook"]
@@ -106,16 +107,13 @@ def run_hook(
             os.close(fd)
         return HookResult(hook, None, time.monotonic() - start, error=str(exc))
     out_r, out_w, err_r, err_w = fds
-    try:
-        proc = subprocess.Popen(
+    try:  # in a session of its own: its process group id is its pid
+        proc = spawn.start(
             ["/bin/sh", "-c", snippet],
-            stdin=subprocess.DEVNULL,
+            env=env if env is not None else dict(os.environ),
+            cwd=cwd,
             stdout=out_w,
             stderr=err_w,
-            cwd=cwd,
-            env=env,
-            close_fds=True,
-            start_new_session=True,  # own process group: pgid == proc.pid
         )
     except OSError as exc:
         for fd in (out_r, out_w, err_r, err_w):

@@ -178,7 +178,10 @@ class Llmux:
         return self.stderr_path.read_text(errors="replace")
 
     def log_records(self) -> list[dict]:
-        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+        """The JSON log lines written so far; a last line still being written is left out."""
+        text = self.log_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def backend_pids(self) -> list[int]:
         run = self.dir / "run"

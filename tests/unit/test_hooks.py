@@ -269,3 +269,22 @@ def test_a_stop_set_before_the_hook_starts_starts_nothing(tmp_path):
     r = run_hook(f"touch {marker}", hook="wake", timeout=5, stop=stop)
     assert r.aborted and r.returncode is None and not r.ok
     assert not marker.exists()
+
+
+def test_a_hook_runs_in_its_directory_and_inherits_no_descriptor_of_llmux(tmp_path):
+    import socket
+
+    with socket.socket() as listener:  # gunicorn marks its listening sockets inheritable
+        listener.set_inheritable(True)
+        fd = listener.fileno()
+        r = run_hook(
+            f"pwd; [ -e /proc/$$/fd/{fd} ] && echo leaked; ls /proc/$$/fd",
+            timeout=5,
+            cwd=str(tmp_path),
+        )
+    assert r.ok, r.describe()
+    lines = r.stdout.split()
+    assert lines[0] == str(tmp_path)
+    assert "leaked" not in lines
+    assert sorted(int(x) for x in lines[1:])[:3] == [0, 1, 2]
+    assert os.getcwd() != str(tmp_path)  # the parent's own directory is untouched
