@@ -198,40 +198,40 @@ def test_s1_any_model_name_but_a_configured_one_is_refused(llmux, name):
 
 
 def test_s1_only_the_hook_runner_starts_processes():
-    """Every subprocess call site in llmux, found by reading its source."""
-    sites = []
+    """Every subprocess call site in llmux, found by reading its source: the process
+    starters live in engine/spawn.py, and only the hook runner calls them, with
+    ``["/bin/sh", "-c", snippet]``."""
+    starters = ("Popen", "run", "call", "check_call", "check_output", "system", "popen",
+                "spawnv", "execv", "execvp", "posix_spawn", "posix_spawnp", "fork")  # fmt: skip
+    sites, starts = [], []
     for path in (ROOT / "llmux").rglob("*.py"):
         tree = ast.parse(path.read_text())
+        where = path.relative_to(ROOT / "llmux").as_posix()
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 fn = node.func
                 name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
-                if name in (
-                    "Popen",
-                    "run",
-                    "call",
-                    "check_call",
-                    "check_output",
-                    "system",
-                    "popen",
-                    "spawnv",
-                    "execv",
-                    "execvp",
-                ):
-                    owner = getattr(fn.value, "id", "") if isinstance(fn, ast.Attribute) else ""
-                    if owner in ("subprocess", "os"):
-                        where = path.relative_to(ROOT / "llmux").as_posix()
-                        sites.append((where, name, node))
-    names = sorted((f, n) for f, n, _ in sites)
-    assert names == [("engine/hooks.py", "Popen"), ("ops/cli.py", "execv")], names
-    popen = next(node for f, n, node in sites if n == "Popen")
-    argv = popen.args[0]
+                owner = getattr(fn.value, "id", "") if isinstance(fn, ast.Attribute) else ""
+                if name in starters and owner in ("subprocess", "os"):
+                    sites.append((where, name))
+                if name == "start" and owner == "spawn":
+                    starts.append((where, node))
+    assert sorted(sites) == [
+        ("engine/spawn.py", "Popen"),
+        ("engine/spawn.py", "posix_spawn"),
+        ("ops/cli.py", "execv"),
+    ], sites
+    assert [w for w, _ in starts] == ["engine/hooks.py"], starts
+    call = starts[0][1]
+    argv = call.args[0]
     assert isinstance(argv, ast.List) and [ast.literal_eval(e) for e in argv.elts[:2]] == [
         "/bin/sh",
         "-c",
     ]
     assert isinstance(argv.elts[2], ast.Name)  # the snippet variable, from the config
-    assert not any(kw.arg == "shell" for kw in popen.keywords)
+    assert not any(kw.arg == "shell" for kw in call.keywords)
+    spawn_source = (ROOT / "llmux" / "engine" / "spawn.py").read_text()
+    assert "shell=" not in spawn_source
 
 
 def test_s3_the_hook_environment_holds_nothing_from_requests(llmux_factory):
