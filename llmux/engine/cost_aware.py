@@ -181,7 +181,7 @@ class CostAwarePolicy(FifoPolicy):
         busy = snap.in_flight.get(a, 0) > 0 or a in snap.queues
         if busy:
             g = self.hold_share(snap)
-            quantum = g * self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
+            quantum = self._quantum(snap, a, g)
             stale = min(snap.queues[j][0] + g * self.stale_after(snap, j) for j in others)
             leave_at = max(resident_until, since + quantum, stale)
         else:
@@ -189,6 +189,11 @@ class CostAwarePolicy(FifoPolicy):
         if snap.now >= leave_at:
             return SwitchTo(self._next(snap, a, others))
         return WaitUntil(min(leave_at, due))
+
+    def _quantum(self, snap: Snapshot, a: str, share: float) -> float:
+        """Seconds the awake ``a`` serves before others may take over (rule 3), the
+        ``share`` of it that the load calls for (:meth:`hold_share`)."""
+        return share * self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
 
     def load(self, snap: Snapshot) -> float:
         """Estimated offered load, 0-1: over models, request rate x service time /
@@ -294,7 +299,7 @@ class CostAwarePolicy(FifoPolicy):
             resident_until = since + snap.min_active_secs
             if snap.in_flight.get(a, 0) > 0 or a in snap.queues:
                 g = self.hold_share(snap)
-                quantum = g * self.quantum_factor * (self._cost(snap, snap.came_from, a) or 0.0)
+                quantum = self._quantum(snap, a, g)
                 arrival = snap.queues[model][0] if model in snap.queues else snap.now
                 bound = self.bound(snap, model)
                 stale = arrival + g * self.stale_after(snap, model)

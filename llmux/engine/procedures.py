@@ -137,11 +137,7 @@ class Procedures:
             else:  # up, but nobody counts on it: a failed wake, so it is woken afresh
                 self._set_state(m, FAILED)
                 self._backoff_until = self.clock() + self.settings.failure_backoff_secs
-            reason = "nobody waits for it any more"
-            seconds = self.clock() - started
-            self._record_switch(source, target, "abandoned", reason, seconds, phases)
-            self._emit(ev.SwitchAbandoned(source, target, reason, seconds))
-            self._free_slot()
+            self._abandoned(source, target, started, "nobody waits for it any more", phases)
 
     def _begin_switch(self, target: str) -> None:
         """Take note of a switch about to start (lock held, switching slot taken)."""
@@ -184,10 +180,7 @@ class Procedures:
             m = self._models[awake]
             self._set_state(m, AWAKE)
             self._admit_all(m)
-        seconds = self.clock() - started
-        self._record_switch(source, target, "abandoned", reason, seconds, phases)
-        self._emit(ev.SwitchAbandoned(source, target, reason, seconds))
-        self._free_slot()
+        self._abandoned(source, target, started, reason, phases)
         return None
 
     def _wanted(self, awake: str | None) -> str | None:
@@ -471,6 +464,13 @@ class Procedures:
         ema = self.costs.observe(source, target, seconds) if ok else None
         self._record_switch(source, target, "success" if ok else "failure", error, seconds, phases)
         self._emit(ev.SwitchFinished(source, target, ok, seconds, error, ema, phases=phases))
+        self._free_slot()
+
+    def _abandoned(self, source, target, started, reason: str, phases) -> None:
+        """Record a switch given up for ``reason`` and free the slot (lock held)."""
+        seconds = self.clock() - started
+        self._record_switch(source, target, "abandoned", reason, seconds, phases)
+        self._emit(ev.SwitchAbandoned(source, target, reason, seconds))
         self._free_slot()
 
     def _record_switch(self, source, target, result, error, seconds, phases) -> None:
