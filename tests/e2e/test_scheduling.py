@@ -67,9 +67,12 @@ def heavy(server) -> None:
 def test_the_awake_model_keeps_serving_until_the_bound_then_the_other_is_served(
     llmux_factory,
 ):
-    # a quantum of 10 switches: only the bound (2 s) ends a's visit; a is heavily loaded
-    # (two clients, one request in flight each, concurrency 1 assumed)
-    server = llmux_factory(models=("a", "b"), policy=cost_aware(max_wait_secs=2, quantum_factor=10))
+    # a quantum of 100 switches (a switch here takes 0.1-0.3 s, and a's visit starts
+    # before b arrives): only the bound (2 s) ends a's visit; a is heavily loaded (two
+    # clients, one request in flight each, concurrency 1 assumed)
+    server = llmux_factory(
+        models=("a", "b"), policy=cost_aware(max_wait_secs=2, quantum_factor=100)
+    )
     assert server.chat("a").status_code == 200
     seen, join = keep_busy(server, "a", threading.Event())
     try:
