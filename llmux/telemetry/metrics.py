@@ -28,10 +28,15 @@ from prometheus_client import (
 )
 
 from .. import __version__
+from ..config import HOOK_KINDS
 from ..engine.events import Observer
 from ..engine.hooks import HookResult
 from ..engine.policy import IDLE
 from ..engine.states import ModelState
+
+SWITCH_RESULTS = ("success", "failure", "abandoned")
+# why a request left its queue unadmitted (events.RequestLeftQueue)
+QUEUE_EXITS = ("timeout", "client_gone", "cancelled", "failed", "removed", "shutdown")
 
 # 1 ms to 30 min: a request's first byte and a cold start of a large model alike
 BUCKETS = (
@@ -44,7 +49,7 @@ STATES = tuple(ModelState)
 class Metrics(Observer):
     def __init__(self, models: Iterable[str]):
         r = self.registry = CollectorRegistry()
-        self.models = set(models)
+        self.models: set[str] = set()
         self._bounded: set[str] = set()  # models with a llmux_wait_bound_seconds series
 
         def histogram(name, doc, labels):
@@ -89,6 +94,12 @@ class Metrics(Observer):
             "llmux_request_queue_wait_seconds",
             "Time from arrival to admission (0 when the model was awake)",
             ["model"],
+        )
+        self.queue_left = Counter(
+            "llmux_request_queue_left_total",
+            "Requests that left their model's queue without being admitted, by reason",
+            ["model", "reason"],
+            registry=r,
         )
         self.in_flight = Gauge(
             "llmux_model_in_flight", "Requests being served by a model", ["model"], registry=r
@@ -144,15 +155,34 @@ class Metrics(Observer):
         Info("llmux_build", "llmux version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        self.add_models(sorted(self.models))
+        self.add_models(sorted(set(models)))
 
     def add_models(self, models: Iterable[str]) -> None:
-        """Give every per-model series a first sample (at start, and for a reload's new models)."""
+        """Give every per-model series a first sample (at start, and for a reload's new models).
+
+        Counters and histograms whose labels are known in advance start at 0, as the
+        Prometheus instrumentation guide asks ("avoid missing metrics"): ``increase()``
+        and ``rate()`` see nothing of a series' first sample, so a wake failure exported
+        first as 1 would never fire an alert. For switches that is every (from, to)
+        pair, ``idle`` included: 3·n² series for n models.
+        """
+        added = [m for m in models if m not in self.models]
         for model in models:
             self.models.add(model)
             self.state_changed(model, ModelState.ASLEEP)
             self.queue_depth.labels(model).set(0)
             self.in_flight.labels(model).set(0)
+            self.queue_wait.labels(model)
+            for hook in HOOK_KINDS:
+                self.hook_failures.labels(model, hook)
+                self.hook_timeouts.labels(model, hook)
+            for reason in QUEUE_EXITS:
+                self.queue_left.labels(model, reason)
+        for source in (IDLE, *sorted(self.models)):
+            for target in sorted(self.models):
+                if source != target and (source in added or target in added):
+                    for result in SWITCH_RESULTS:
+                        self.switch_total.labels(source, target, result)
 
     # --- requests (called by the app) ---
 
@@ -183,6 +213,9 @@ class Metrics(Observer):
 
     def request_admitted(self, model, waited, queued):
         self.queue_wait.labels(model).observe(waited)
+
+    def request_left_queue(self, model, reason, waited):
+        self.queue_left.labels(model, reason).inc()
 
     def queue_depth_changed(self, model, depth):
         self.queue_depth.labels(model).set(depth)

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # PromQL functions, keywords and label names that look like identifiers
 NOT_METRICS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "max", "le", "model", "from", "to",
-    "hook", "state", "result", "status", "job", "without", "avg", "on", "and", "or", "unless",
+    "hook", "state", "result", "status", "job", "reason", "without", "avg", "on", "and", "or",
+    "unless",
 }  # fmt: skip
 BUILTIN = {"up"}  # written by Prometheus itself
 
@@ -47,7 +48,8 @@ def expressions():
     rules = yaml.safe_load((ROOT / "conf/prometheus/llmux-alerts.yaml").read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
-            yield f"alert: {rule['alert']}", rule["expr"]
+            name = f"alert: {rule['alert']}" if "alert" in rule else f"record: {rule['record']}"
+            yield name, rule["expr"]
 
 
 def metric_names(expr: str) -> set[str]:
