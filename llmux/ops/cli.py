@@ -50,11 +50,16 @@ def _config_option(f):
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 @click.option("--log-format", type=click.Choice(FORMATS), default="json", show_default=True)
 @click.option(
+    "--log-file",
+    metavar="PATH",
+    help="append logs to this file, reopened once logrotate renamed it (default: stderr)",
+)
+@click.option(
     "--gunicorn-config",
     metavar="PATH",
     help="gunicorn settings file (default: ./gunicorn.conf.py when present)",
 )
-def serve(config_file, port, host, verbose, log_format, gunicorn_config):
+def serve(config_file, port, host, verbose, log_format, log_file, gunicorn_config):
     """Run llmux under gunicorn (gevent worker, one worker)."""
     from .server import LlmuxServer, config_path
 
@@ -75,6 +80,7 @@ def serve(config_file, port, host, verbose, log_format, gunicorn_config):
         port_override=port,
         gunicorn_config=gunicorn_config,
         log_format=log_format,
+        log_file=log_file,
         verbose=verbose,
     ).run()
 

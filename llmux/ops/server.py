@@ -36,8 +36,11 @@ def config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("LLMUX_CONFIG") or DEFAULT_CONFIG
 
 
-def gunicorn_settings(log_format: str | None = None) -> dict:
-    """Every gunicorn setting llmux relies on, declared once."""
+def gunicorn_settings(log_format: str | None = None, log_file: str | None = None) -> dict:
+    """Every gunicorn setting llmux relies on, declared once; logging from the arguments,
+    else ``$LLMUX_LOG_FORMAT`` (json) and ``$LLMUX_LOG_FILE`` (unset: stderr)."""
+    log_format = log_format or os.environ.get("LLMUX_LOG_FORMAT", "json")
+    log_file = log_file or os.environ.get("LLMUX_LOG_FILE") or None
     return {
         "worker_class": "gevent",
         "workers": 1,  # all switcher state lives in one process
@@ -50,7 +53,7 @@ def gunicorn_settings(log_format: str | None = None) -> dict:
         "control_socket_disable": True,
         "accesslog": "-",
         "errorlog": "-",
-        "logconfig_dict": logging_config(log_format or os.environ.get("LLMUX_LOG_FORMAT", "json")),
+        "logconfig_dict": logging_config(log_format, log_file=log_file),
         "wsgi_app": "llmux.web.app:create_app()",
         "on_starting": check_settings,
         "post_worker_init": shut_down_on_sigterm,
@@ -161,6 +164,7 @@ class LlmuxServer(Application):
         port_override: int | None = None,
         gunicorn_config: str | None = None,
         log_format: str = "json",
+        log_file: str | None = None,
         verbose: bool = False,
     ):
         self.config_file = os.path.abspath(config_file)
@@ -168,6 +172,7 @@ class LlmuxServer(Application):
         self.port_override = port_override
         self.gunicorn_config = gunicorn_config
         self.log_format = log_format
+        self.log_file = os.path.abspath(log_file) if log_file else None
         self.verbose = verbose
         super().__init__()
 
@@ -175,7 +180,7 @@ class LlmuxServer(Application):
         """llmux's gunicorn settings, then the gunicorn config file if one is given
         (gunicorn's own loader, so its errors read as gunicorn's), then the bind
         address and logging, which ``llmux serve`` decides."""
-        for key, value in gunicorn_settings(self.log_format).items():
+        for key, value in gunicorn_settings(self.log_format, self.log_file).items():
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
         # what gunicorn shows as its config file (its default names ./gunicorn.conf.py)
@@ -188,7 +193,7 @@ class LlmuxServer(Application):
             self.cfg.set(key, False)
         self.cfg.set("bind", [self.bind])
         level = "DEBUG" if self.verbose else "INFO"
-        self.cfg.set("logconfig_dict", logging_config(self.log_format, level))
+        self.cfg.set("logconfig_dict", logging_config(self.log_format, level, self.log_file))
         # the worker builds the app from these, even with a gunicorn.conf.py
         os.environ["LLMUX_CONFIG"] = self.config_file
 

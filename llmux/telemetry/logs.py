@@ -4,11 +4,11 @@ Usage, in ``gunicorn.conf.py``::
 
     logconfig_dict = logging_config("json")     # or "text"
 
-JSON lines go to stderr, one object per record, with ``timestamp`` (ISO 8601,
-UTC), ``level``, ``logger``, ``message`` and, for llmux's events, ``event`` plus
-its fields. Every record logged while a request is handled carries its
-``request_id``. Untrusted text cannot forge lines: JSON escapes control
-characters, and the text format escapes them in messages.
+JSON lines go to stderr, or to a file (``log_file``), one object per record,
+with ``timestamp`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and, for
+llmux's events, ``event`` plus its fields. Every record logged while a request
+is handled carries its ``request_id``. Untrusted text cannot forge lines: JSON
+escapes control characters, and the text format escapes them in messages.
 
 Imports nothing heavy: gunicorn's master reads this before gevent patches.
 """
@@ -68,7 +68,16 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{tags}]" if tags else line
 
 
-def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
+def logging_config(fmt: str = "json", level: str = "INFO", log_file: str | None = None) -> dict:
+    """A ``logging.config.dictConfig`` dict: llmux's records and gunicorn's error and access
+    logs, in format ``fmt`` (json|text), to stderr or to ``log_file``.
+
+    A log file is written through the standard library's ``WatchedFileHandler``:
+    opened for appending, one write per record, and reopened when the file at that
+    path is no longer the one open (logrotate renamed it), so rotation by renaming
+    loses and splits no line and needs no signal. gunicorn's ``USR1`` reopens it too.
+    Raises ValueError for an unknown format.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, got {fmt!r}")
     formatters = {
@@ -85,12 +94,17 @@ def logging_config(fmt: str = "json", level: str = "INFO") -> dict:
             "datefmt": "%Y-%m-%d %H:%M:%S",
         },
     }
-    handler = {
-        "class": "logging.StreamHandler",
-        "formatter": fmt,
-        "stream": "ext://sys.stderr",
-        "filters": ["request_id"],
-    }
+    handler: dict = {"formatter": fmt, "filters": ["request_id"]}
+    if log_file is None:
+        handler.update({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"})
+    else:
+        handler.update(
+            {
+                "class": "logging.handlers.WatchedFileHandler",
+                "filename": log_file,
+                "encoding": "utf-8",
+            }
+        )
     return {
         "version": 1,
         "disable_existing_loggers": False,
