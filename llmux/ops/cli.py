@@ -244,5 +244,62 @@ def simulate(ctx):
     command.main(args=ctx.args, prog_name="llmux simulate")
 
 
+@main.command()
+@click.argument("logfiles", nargs=-1, metavar="LOGFILE...")
+@click.option("--json", "as_json", is_flag=True, help="the whole story as JSON, for tools")
+@click.option("--html", "html_file", metavar="FILE", help="also write a self-contained page")
+@click.option("--requests", "list_requests", is_flag=True, help="list every request")
+@click.option("--width", type=click.IntRange(20, 1000), default=72, show_default=True)
+@click.option(
+    "--since", metavar="TIME", help="show from TIME (ISO 8601; UTC unless it has an offset)"
+)
+@click.option(
+    "--until", metavar="TIME", help="show until TIME (ISO 8601; UTC unless it has an offset)"
+)
+def timeline(logfiles, as_json, html_file, list_requests, width, since, until):
+    """Rebuild what happened from llmux's JSON log lines.
+
+    LOGFILE... are log files in any order (rotated ones, .gz included), or - for
+    stdin (the default). Prints each model's states as a chart, every switch with
+    its phases, every failed hook, the requests, and the gaps: lines lost, restarts,
+    events missing.
+    """
+    from ..timeline.reading import read_logs
+    from ..timeline.render import html_page, text
+    from ..timeline.story import reconstruct
+
+    window = [_utc_seconds(name, value) for name, value in (("since", since), ("until", until))]
+    try:
+        story = reconstruct(read_logs(logfiles or ["-"], stdin=sys.stdin))
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
+    if since or until:
+        story = story.window(*window)
+    if html_file:
+        with open(html_file, "w", encoding="utf-8") as f:
+            f.write(html_page(story))
+    if as_json:
+        click.echo(json.dumps(story.as_dict(), indent=1))
+    else:
+        click.echo(text(story, width=width, requests=list_requests), nl=False)
+
+
+def _utc_seconds(name: str, value: str | None) -> float | None:
+    """``--since``/``--until`` as Unix seconds: ISO 8601, UTC when it names no offset."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time", param_hint=f"--{name}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 if __name__ == "__main__":
     main()

@@ -59,6 +59,14 @@ class LogObserver(Observer):
             extra={"event": "request_timeout", "model": model, "timeout_secs": timeout_secs},
         )
 
+    def state_changed(self, model, state):
+        log.info(
+            "%s is %s",
+            model,
+            state,
+            extra={"event": "model_state_changed", "model": model, "state": str(state)},
+        )
+
     def switch_started(self, from_model, to_model):
         log.info(
             "switch %s -> %s started",
@@ -235,6 +243,7 @@ class LogObserver(Observer):
                     "model": to_model,
                     "from": from_model or IDLE,
                     "duration_secs": round(seconds, 6),
+                    "phases": _rounded(phases),
                 },
             )
         else:
@@ -249,5 +258,11 @@ class LogObserver(Observer):
                     "from": from_model or IDLE,
                     "error": error,
                     "duration_secs": round(seconds, 6),
+                    "phases": _rounded(phases),
                 },
             )
+
+
+def _rounded(phases: dict | None) -> dict:
+    """A switch's phases (drain, sleep, wake: seconds), to the microsecond."""
+    return {name: round(secs, 6) for name, secs in (phases or {}).items()}

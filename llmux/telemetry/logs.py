@@ -16,7 +16,9 @@ Imports nothing heavy: gunicorn's master reads this before gevent patches.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import re
 
 FORMATS = ("json", "text")
@@ -34,6 +36,21 @@ class RequestIdFilter(logging.Filter):
         rid = request_id.get()
         if rid is not None and not hasattr(record, "request_id"):
             record.request_id = rid
+        return True
+
+
+class SequenceFilter(logging.Filter):
+    """Numbers every record a process writes: ``pid`` and ``seq``, consecutive per process.
+
+    ``llmux timeline`` reads a gap in a process's numbers as lines lost, and a new
+    ``pid`` as a restart. A forked worker goes on counting from where its master was.
+    """
+
+    _counter = itertools.count(1)  # one per process: the handler's filter, shared by all
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.pid = os.getpid()
+        record.seq = next(self._counter)
         return True
 
 
@@ -94,7 +111,7 @@ def logging_config(fmt: str = "json", level: str = "INFO", log_file: str | None 
             "datefmt": "%Y-%m-%d %H:%M:%S",
         },
     }
-    handler: dict = {"formatter": fmt, "filters": ["request_id"]}
+    handler: dict = {"formatter": fmt, "filters": ["request_id", "sequence"]}
     if log_file is None:
         handler.update({"class": "logging.StreamHandler", "stream": "ext://sys.stderr"})
     else:
@@ -110,6 +127,7 @@ def logging_config(fmt: str = "json", level: str = "INFO", log_file: str | None 
         "disable_existing_loggers": False,
         "filters": {
             "request_id": {"()": "llmux.telemetry.logs.RequestIdFilter"},
+            "sequence": {"()": "llmux.telemetry.logs.SequenceFilter"},
             "client_timeout": {"()": "llmux.telemetry.logs.ClientTimeoutFilter"},
         },
         "formatters": {fmt: formatters[fmt]},

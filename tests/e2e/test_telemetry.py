@@ -10,6 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import wait_for
+from tests.support.timeline import timeline_matches_status
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,7 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_scenario_metrics_and_events(llmux_factory):
+def test_scenario_metrics_and_events(llmux_factory, tmp_path):
     server = llmux_factory(models=("a", "b"), policy={"request_timeout_secs": 1.0})
     rid = "scenario-42"
     # 1. cold start, 2. switch
@@ -147,6 +148,32 @@ def test_scenario_metrics_and_events(llmux_factory):
     assert any(r["logger"] == "gunicorn.access" for r in tagged)
     sleep_failed = [r for r in records if r.get("event") == "hook_failed"]
     assert len(sleep_failed) == 1
+
+    # --- llmux timeline rebuilds the same run from the log alone ---
+    story = timeline_matches_status(server, tmp_path / "timeline.html")
+    assert story["gaps"] == []  # the whole log, from gunicorn's start, no line lost
+    assert [(s["from"], s["to"], s["result"]) for s in story["switches"]] == [
+        ("idle", "a", "success"),
+        ("a", "b", "success"),
+        ("b", "a", "failure"),
+        ("idle", "a", "success"),
+        ("a", "b", "success"),
+    ]
+    assert [i["state"] for i in story["states"]["a"]] == [
+        "asleep", "waking", "awake", "draining", "sleeping", "asleep", "waking", "failed",
+        "waking", "awake", "draining", "sleeping", "asleep",
+    ]  # fmt: skip
+    failed = [h for h in story["hooks"] if h["result"] == "failed"]
+    assert [(h["model"], h["hook"], h["exit_code"]) for h in failed] == [("a", "wake", 3)]
+    assert "no GPU memory" in failed[0]["stderr"]
+    by_id = {r["request_id"]: r for r in story["requests"]}
+    assert len(by_id) == len(finished)
+    assert {(r["model"], r["status"]) for r in by_id.values()} == {
+        (r["model"], r["status"]) for r in finished
+    }
+    tagged = by_id[rid]
+    assert tagged["queued_at"] <= tagged["admitted_at"] <= tagged["finished_at"]
+    assert tagged["wait_secs"] == finished[3]["wait_secs"]
 
 
 def test_openmetrics_when_asked(llmux):

@@ -27,6 +27,7 @@ import requests
 
 from tests.e2e.conftest import assert_one_awake
 from tests.e2e.test_telemetry import scrape, value
+from tests.support.timeline import timeline_matches_status
 
 pytestmark = pytest.mark.soak
 SECONDS = float(os.environ.get("LLMUX_SOAK_SECS", "45"))
@@ -66,7 +67,7 @@ def stall(server, rng) -> int:
 
 
 @pytest.mark.parametrize("mix", ["plain", "hostile"])
-def test_soak(llmux_factory, mix):
+def test_soak(llmux_factory, mix, tmp_path):
     hostile = mix == "hostile"
     server = llmux_factory(
         model_env={"FAKE_ARGS": "--tokens-per-sec 200 --tokens 10"},
@@ -197,4 +198,8 @@ def test_soak(llmux_factory, mix):
             for r in records
         )
         assert counts["left"] > 0 and gone >= counts["left"], (gone, counts["left"])
+    # the log alone rebuilds the run: the same switches and states as /llmux/status
+    story = timeline_matches_status(server, tmp_path / "timeline.html")
+    assert story["gaps"] == [], story["gaps"][:5]
+    assert len(story["requests"]) >= counts["sent"]
     print(f"soak ({mix}): {counts['sent']} requests in {SECONDS:.0f}s, RSS +{grown:.1f} MiB")

@@ -1,0 +1,271 @@
+"""A :class:`~llmux.timeline.story.Story` for people: a text Gantt chart for a terminal, and a
+self-contained HTML page (no script, no external file; every text escaped).
+
+Usage::
+
+    print(text(story, width=80, requests=False))
+    Path("timeline.html").write_text(html_page(story))
+"""
+
+from __future__ import annotations
+
+import html
+import statistics
+from collections import Counter
+from datetime import UTC, datetime
+
+from .story import UNKNOWN, Story
+
+# one character per state in the text chart; asleep is blank
+STATE_CHARS = {
+    "awake": "=",
+    "waking": "+",
+    "draining": "-",
+    "sleeping": "~",
+    "failed": "X",
+    "asleep": " ",
+    UNKNOWN: "?",
+}
+# when several states share a column, the one shown: short, rare states stay visible
+SHOWN_FIRST = ("failed", "waking", "sleeping", "draining", "awake", UNKNOWN, "asleep")
+COLOURS = {
+    "awake": "#1f9d55",
+    "waking": "#e0a100",
+    "draining": "#3b82f6",
+    "sleeping": "#8b5cf6",
+    "failed": "#d0342c",
+    "asleep": "#e5e7eb",
+    UNKNOWN: "#ffffff",
+}
+
+STYLE = """
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#111}
+.row{display:flex;align-items:center;margin:2px 0}
+.name{width:12em;font-family:monospace;overflow:hidden}
+.lane{position:relative;flex:1;height:18px;background:#f9fafb;border:1px solid #ddd}
+.bar{position:absolute;top:0;bottom:0}
+.key{display:inline-block;width:1em;height:1em;margin:0 .3em 0 1em;
+  border:1px solid #999;vertical-align:middle}
+table{border-collapse:collapse;margin-bottom:1em}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;
+  font-family:monospace;white-space:pre-wrap}
+.gaps li{color:#b91c1c}
+"""
+
+
+def clock(t: float | None, date: bool = False) -> str:
+    """``t`` (Unix seconds) as UTC wall time, to the millisecond."""
+    if t is None:
+        return "?"
+    stamp = datetime.fromtimestamp(t, UTC)
+    return stamp.strftime("%Y-%m-%d %H:%M:%S.%f" if date else "%H:%M:%S.%f")[:-3]
+
+
+def _chart_row(intervals: list[dict], start: float, span: float, width: int) -> str:
+    cells: list[set[str]] = [set() for _ in range(width)]
+    for interval in intervals:
+        a = int((interval["from"] - start) / span * width)
+        b = int((interval["to"] - start) / span * width)
+        for i in range(max(a, 0), min(max(b, a + 1), width)):
+            cells[i].add(interval["state"])
+    return "".join(
+        STATE_CHARS[next((s for s in SHOWN_FIRST if s in cell), "asleep")] for cell in cells
+    )
+
+
+def _request_summary(story: Story) -> list[str]:
+    lines = []
+    by_model: dict[str, list[dict]] = {}
+    for request in story.requests:
+        by_model.setdefault(request["model"] or "?", []).append(request)
+    for model, requests in sorted(by_model.items()):
+        statuses = Counter(str(r["status"]) for r in requests)
+        waits = sorted(r["wait_secs"] for r in requests)
+        p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))]
+        lines.append(
+            f"  {model}: {len(requests)} "
+            f"({', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}); "
+            f"wait p50 {statistics.median(waits):.3f} s, p99 {p99:.3f} s"
+        )
+    return lines
+
+
+def text(story: Story, width: int = 72, requests: bool = False) -> str:
+    """The story as lines for a terminal: chart, switches, sleeps, failed hooks, gaps."""
+    out = []
+    if story.start is None:
+        return "no llmux log lines read\n"
+    span = max(story.end - story.start, 1e-6)
+    out.append(
+        f"llmux timeline {clock(story.start, True)} -> {clock(story.end)} UTC ({span:.3f} s), "
+        f"{story.lines} lines from {len(story.sources)} source(s)"
+    )
+    name_width = max([len(m) for m in story.states] + [5])
+    out.append(f"{'':{name_width}} |{clock(story.start):<{width - 12}}{clock(story.end):>12}|")
+    for model, intervals in sorted(story.states.items()):
+        out.append(f"{model:{name_width}} |{_chart_row(intervals, story.start, span, width)}|")
+    legend = "  ".join(f"{c!r} {s}" for s, c in STATE_CHARS.items())
+    out.append(f"{'':{name_width}}  {legend}")
+    out.append("")
+    out.append(f"switches ({len(story.switches)})")
+    for s in story.switches:
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in s["phases"].items())
+        note = f": {s['error']}" if s["error"] else ""
+        out.append(
+            f"  {clock(s['started_at'])}  {s['from']} -> {s['to']}  {s['result']}  "
+            f"{s['duration_secs']:.3f} s" + (f" ({phases})" if phases else "") + note
+        )
+    if story.sleeps:
+        out.append(f"sleeps ({len(story.sleeps)})")
+        for s in story.sleeps:
+            result = "ok" if s["ok"] else f"failed: {s['error']}"
+            out.append(
+                f"  {clock(s['started_at'])}  {s['from']} ({s['reason']})  {result}  "
+                f"{s['duration_secs']:.3f} s"
+            )
+    kinds = Counter(h["result"] for h in story.hooks)
+    out.append(
+        f"hook runs ({len(story.hooks)}): "
+        + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    )
+    for h in story.hooks:
+        if h["result"] != "ok":
+            why = "timed out" if h.get("timed_out") else f"exit {h.get('exit_code')}"
+            if h["result"] == "stopped":
+                why = "stopped: nobody waited for it"
+            stderr = (h.get("stderr") or "").strip().splitlines()
+            out.append(
+                f"  {clock(h['started_at'])}  {h['model']} {h['hook']}  {why} "
+                f"({h['duration_secs']:.3f} s)" + (f": {stderr[-1]}" if stderr else "")
+            )
+    out.append(f"requests ({len(story.requests)})")
+    out.extend(_request_summary(story))
+    if requests:
+        for r in story.requests:
+            out.append(
+                f"  {clock(r['arrived_at'])}  {r['request_id']}  {r['model']}  {r['status']} "
+                f"{r['outcome']}  waited {r['wait_secs']:.3f} s, took {r['duration_secs']:.3f} s"
+            )
+    out.append("")
+    if story.gaps:
+        out.append(f"gaps: what this log cannot tell ({len(story.gaps)})")
+        for g in story.gaps:
+            out.append(f"  {clock(g.at)}  {g.kind}: {g.detail}")
+    else:
+        out.append("gaps: none (every process's lines are all here)")
+    return "\n".join(out) + "\n"
+
+
+def html_page(story: Story) -> str:
+    """The story as one HTML page a person can read in any browser, offline."""
+    e = html.escape
+    if story.start is None:
+        return "<!doctype html><meta charset=utf-8><title>llmux timeline</title><p>No lines."
+    span = max(story.end - story.start, 1e-6)
+
+    def pct(t: float) -> float:
+        return round((t - story.start) / span * 100, 4)
+
+    rows = []
+    for model, intervals in sorted(story.states.items()):
+        bars = "".join(
+            f'<div class="bar" style="left:{pct(i["from"])}%;'
+            f"width:{max(pct(i['to']) - pct(i['from']), 0.05)}%;"
+            f'background:{COLOURS[i["state"]]}" title="{e(model)}: {e(i["state"])} '
+            f'{clock(i["from"])} - {clock(i["to"])}"></div>'
+            for i in intervals
+        )
+        name = f'<div class="name">{e(model)}</div>'
+        rows.append(f'<div class="row">{name}<div class="lane">{bars}</div></div>')
+    legend = " ".join(
+        f'<span class="key" style="background:{c}"></span>{e(s)}' for s, c in COLOURS.items()
+    )
+
+    def table(title: str, head: list[str], body: list[list[str]]) -> str:
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in body
+        )
+        header = "".join(f"<th>{e(h)}</th>" for h in head)
+        return f"<h2>{e(title)} ({len(body)})</h2><table><tr>{header}</tr>{cells}</table>"
+
+    switches = table(
+        "Switches",
+        ["started", "from", "to", "result", "seconds", "phases", "error"],
+        [
+            [
+                clock(s["started_at"]),
+                s["from"],
+                s["to"],
+                s["result"],
+                f"{s['duration_secs']:.3f}",
+                ", ".join(f"{k} {v:.3f}" for k, v in s["phases"].items()),
+                s["error"],
+            ]
+            for s in story.switches
+        ],
+    )
+    sleeps = table(
+        "Sleeps",
+        ["started", "model", "reason", "ok", "seconds", "error"],
+        [
+            [
+                clock(s["started_at"]),
+                s["from"],
+                s["reason"],
+                s["ok"],
+                f"{s['duration_secs']:.3f}",
+                s["error"],
+            ]
+            for s in story.sleeps
+        ],
+    )
+    hooks = table(
+        "Hook runs",
+        ["started", "model", "hook", "result", "seconds", "exit", "stderr"],
+        [
+            [
+                clock(h["started_at"]),
+                h["model"],
+                h["hook"],
+                h["result"],
+                f"{h['duration_secs']:.3f}",
+                h.get("exit_code", ""),
+                (h.get("stderr") or "")[-500:],
+            ]
+            for h in story.hooks
+        ],
+    )
+    requests = table(
+        "Requests",
+        ["arrived", "request id", "model", "status", "outcome", "waited s", "took s"],
+        [
+            [
+                clock(r["arrived_at"]),
+                r["request_id"],
+                r["model"],
+                r["status"],
+                r["outcome"],
+                f"{r['wait_secs']:.3f}",
+                f"{r['duration_secs']:.3f}",
+            ]
+            for r in story.requests
+        ],
+    )
+    gaps = (
+        "<ul class=gaps>"
+        + "".join(f"<li>{clock(g.at)} <b>{e(g.kind)}</b>: {e(g.detail)}</li>" for g in story.gaps)
+        + "</ul>"
+        if story.gaps
+        else "<p>No gaps: every process's lines are all here.</p>"
+    )
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>llmux timeline {clock(story.start, True)}</title>
+<style>{STYLE}</style></head><body>
+<h1>llmux timeline</h1>
+<p>{clock(story.start, True)} to {clock(story.end)} UTC ({span:.3f} s), {story.lines} lines from
+{e(", ".join(story.sources))}.</p>
+<h2>Gaps: what the log cannot tell ({len(story.gaps)})</h2>{gaps}
+<h2>Model states</h2>{"".join(rows)}<p>{legend}</p>
+{switches}{sleeps}{hooks}{requests}
+</body></html>
+"""

@@ -1,0 +1,223 @@
+"""``llmux timeline`` on hand-made logs: rotated files in order, lost lines, restarts, missing
+events, and the three outputs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from llmux.ops.cli import main
+from llmux.timeline.reading import read_logs
+from llmux.timeline.render import html_page, text
+from llmux.timeline.story import reconstruct
+
+T0 = 1_800_000_000.0
+WORKER, MASTER = 200, 100
+
+
+class Log:
+    """Writes records as llmux does: JSON lines numbered per process."""
+
+    def __init__(self):
+        self.seq = {WORKER: 0, MASTER: 0}
+        self.lines: list[str] = []
+
+    def add(self, t: float, pid: int = WORKER, logger="llmux.switcher", skip=0, **fields):
+        self.seq[pid] += 1 + skip
+        stamp = datetime.fromtimestamp(T0 + t, UTC).isoformat()
+        record = {"level": "INFO", "logger": logger, "message": "m", "timestamp": stamp}
+        record.update(pid=pid, seq=self.seq[pid], **fields)
+        self.lines.append(json.dumps(record))
+        return self
+
+    def boot(self, t: float, worker: int = WORKER):
+        self.seq.setdefault(worker, 0)
+        return self.add(t, MASTER, "gunicorn.error", message=f"Booting worker with pid: {worker}")
+
+    def state(self, t, model, state, **kw):
+        return self.add(t, event="model_state_changed", model=model, state=state, **kw)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def a_switch(log: Log, t: float, source: str, target: str) -> Log:
+    """A successful switch source -> target over 1 s from ``t``, hooks and states included."""
+    log.add(t, event="switch_started", **{"from": source, "to": target})
+    if source != "idle":
+        log.state(t, source, "draining").state(t + 0.1, source, "sleeping")
+        log.add(t + 0.2, event="hook_completed", model=source, hook="sleep", duration_secs=0.1)
+        log.state(t + 0.2, source, "asleep")
+    log.state(t + 0.2, target, "waking")
+    log.add(t + 0.9, event="hook_completed", model=target, hook="wake", duration_secs=0.7)
+    log.state(t + 1.0, target, "awake")
+    phases = {"wake": 0.8} if source == "idle" else {"drain": 0.1, "sleep": 0.1, "wake": 0.8}
+    return log.add(
+        t + 1.0,
+        event="model_activated",
+        model=target,
+        duration_secs=1.0,
+        phases=phases,
+        **{"from": source},
+    )
+
+
+def story_of(log: Log):
+    return reconstruct(read_logs(["-"], stdin=io.StringIO(log.text())))
+
+
+def test_a_whole_run_has_states_switches_hooks_requests_and_no_gap():
+    log = Log().boot(0)
+    log.add(0.5, event="request_queued", model="a", request_id="r1", priority_weight=1.0)
+    a_switch(log, 0.5, "idle", "a")
+    log.add(1.5, event="request_admitted", model="a", request_id="r1", wait_secs=1.0)
+    log.add(
+        2.0,
+        logger="llmux.request",
+        event="request_finished",
+        model="a",
+        request_id="r1",
+        status=200,
+        outcome="completed",
+        duration_secs=1.5,
+        wait_secs=1.0,
+    )
+    a_switch(log, 3.0, "a", "b")
+    story = story_of(log)
+    assert story.gaps == []
+    assert [(i["state"], round(i["from"] - T0, 3)) for i in story.states["a"]] == [
+        ("asleep", 0.0), ("waking", 0.7), ("awake", 1.5), ("draining", 3.0),
+        ("sleeping", 3.1), ("asleep", 3.2),
+    ]  # fmt: skip
+    assert story.final_states() == {"a": "asleep", "b": "awake"}
+    first, second = story.switches
+    assert (first["from"], first["to"], first["result"]) == ("idle", "a", "success")
+    assert round(first["started_at"] - T0, 3) == 0.5 and first["phases"] == {"wake": 0.8}
+    assert (second["from"], second["to"]) == ("a", "b")
+    assert [(h["model"], h["hook"]) for h in story.hooks] == [
+        ("a", "wake"),
+        ("a", "sleep"),
+        ("b", "wake"),
+    ]
+    (request,) = story.requests
+    assert round(request["arrived_at"] - T0, 3) == 0.5
+    assert round(request["admitted_at"] - T0, 3) == 1.5
+    assert (request["status"], request["outcome"], request["wait_secs"]) == (200, "completed", 1.0)
+
+
+def test_rotated_files_are_read_in_the_order_they_were_written(tmp_path: Path):
+    log = Log().boot(0)
+    for i, (source, target) in enumerate([("idle", "a"), ("a", "b"), ("b", "a"), ("a", "b")]):
+        a_switch(log, 2.0 * i, source, target)
+    lines = log.lines
+    third = len(lines) // 3
+    # what logrotate leaves: .2.gz the oldest, .1 the middle, the live file the newest
+    with gzip.open(tmp_path / "llmux.log.2.gz", "wt") as f:
+        f.write("\n".join(lines[:third]) + "\n")
+    (tmp_path / "llmux.log.1").write_text("\n".join(lines[third : 2 * third]) + "\n")
+    (tmp_path / "llmux.log").write_text("\n".join(lines[2 * third :]) + "\n")
+    paths = sorted(tmp_path.iterdir())  # a shell glob's order: live, .1, .2.gz
+    story = reconstruct(read_logs([*paths, tmp_path / "llmux.log"]))  # the live one twice
+    assert story.gaps == []
+    assert [(s["from"], s["to"]) for s in story.switches] == [
+        ("idle", "a"),
+        ("a", "b"),
+        ("b", "a"),
+        ("a", "b"),
+    ]
+    assert story.lines == len(lines)
+
+
+def test_lost_lines_a_restart_and_a_missing_event_are_said_plainly():
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    log.add(2.0, event="switch_started", skip=3, **{"from": "a", "to": "b"})  # 3 lines lost
+    log.state(2.2, "a", "sleeping")  # awake -> sleeping: draining is missing
+    log.boot(3.0, worker=300)  # a new worker: the switch above never ended
+    log.add(3.5, pid=300, event="ownership_acquired")
+    # the old worker still finishes a stream: its line is no second restart
+    log.add(3.6, logger="llmux.request", event="request_finished", request_id="old", model="a")
+    log.add(3.7, pid=300, event="ownership_acquired")
+    story = story_of(log)
+    kinds = [(g.kind, g.detail) for g in story.gaps]
+    assert kinds[0][0] == "lines_lost" and "3 lines of process 200 lost" in kinds[0][1]
+    assert ("missing_event", "a went from awake to sleeping") in kinds
+    assert any(k == "no_end" and "switch a -> b has no end" in d for k, d in kinds)
+    assert any(k == "restart" for k, _ in kinds)
+    assert story.restarts == [T0 + 3.0]
+    assert [g.kind for g in story.gaps].count("restart") == 1
+    assert story.final_states() == {"a": "asleep"}  # a restart starts asleep
+
+
+def test_a_log_that_starts_mid_run_has_unknown_states_and_unnumbered_lines_are_flagged():
+    lines = Log()
+    a_switch(lines, 5.0, "a", "b")
+    plain = "\n".join(
+        json.dumps({k: v for k, v in json.loads(line).items() if k not in ("pid", "seq")})
+        for line in lines.lines
+    )
+    story = reconstruct(read_logs(["-"], stdin=io.StringIO(plain + "\nnot json\n")))
+    assert story.states["a"][0]["state"] == "unknown"
+    kinds = {g.kind for g in story.gaps}
+    assert kinds == {"unknown_start", "lines_lost", "unparsable"}
+
+
+def test_text_json_and_html_outputs(tmp_path: Path):
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    log.add(
+        1.5,
+        event="hook_failed",
+        model="b",
+        hook="wake",
+        exit_code=3,
+        timed_out=False,
+        duration_secs=0.1,
+        stderr="<b>no GPU</b>\n",
+    )
+    path = tmp_path / "llmux.log"
+    path.write_text(log.text())
+    story = reconstruct(read_logs([path]))
+    chart = text(story, width=40)
+    assert "a     |" in chart and "=" in chart
+    assert "idle -> a  success  1.000 s (wake 0.800)" in chart
+    assert "b wake  exit 3 (0.100 s): <b>no GPU</b>" in chart
+    page = html_page(story)
+    assert "&lt;b&gt;no GPU&lt;/b&gt;" in page and "<b>no GPU" not in page
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["timeline", "--json", "--html", str(tmp_path / "t.html"), str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["final_states"] == {"a": "awake"}
+    assert (tmp_path / "t.html").read_text().startswith("<!doctype html>")
+    result = runner.invoke(main, ["timeline", str(tmp_path / "missing.log")])
+    assert result.exit_code == 1 and "cannot read" in result.output
+    result = runner.invoke(main, ["timeline"], input=log.text())  # stdin by default
+    assert result.exit_code == 0 and "switches (1)" in result.output
+
+
+def test_a_window_keeps_what_overlaps_it_with_states_known_from_before():
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    a_switch(log, 10.0, "a", "b")
+    a_switch(log, 20.0, "b", "a")
+    story = story_of(log)
+    part = story.window(T0 + 5.0, T0 + 10.5)
+    assert [(s["from"], s["to"]) for s in part.switches] == [("a", "b")]
+    assert [i["state"] for i in part.states["a"]] == ["awake", "draining", "sleeping", "asleep"]
+    assert part.states["a"][0]["from"] == T0 + 5.0  # awake since before the window
+    assert [i["state"] for i in part.states["b"]] == ["asleep", "waking"]
+    assert part.start == T0 + 5.0 and part.end == T0 + 10.5
+    runner = CliRunner()
+    since = datetime.fromtimestamp(T0 + 5.0, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    result = runner.invoke(main, ["timeline", "--since", since], input=log.text())
+    assert result.exit_code == 0 and "switches (2)" in result.output  # a -> b, b -> a
+    result = runner.invoke(main, ["timeline", "--until", "03:12 yesterday"], input=log.text())
+    assert result.exit_code == 2 and "not an ISO 8601 time" in result.output
