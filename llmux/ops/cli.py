@@ -270,7 +270,7 @@ def timeline(logfiles, as_json, html_file, list_requests, width, since, until):
 
     window = [_utc_seconds(name, value) for name, value in (("since", since), ("until", until))]
     try:
-        story = reconstruct(read_logs(logfiles or ["-"], stdin=sys.stdin))
+        story = reconstruct(read_logs(logfiles or ["-"], stdin=sys.stdin), *window)
     except OSError as exc:
         raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
     if since or until:

@@ -3,13 +3,15 @@
 Usage::
 
     lines = read_logs(["/var/log/llmux/llmux.log", "/var/log/llmux/llmux.log.2.gz"])
-    for record in lines.records: ...       # dicts, in the order they were written
-    lines.gaps                             # [Gap]: unparsable lines, lines lost
+    for record in lines.records: ...       # dicts, one at a time, in the order written
+    lines.gaps                             # [Gap]: unparsable lines, lines lost (so far)
 
-Files are put in the order they were written: by the time of their first record
-(logrotate's ``.N`` numbers run backwards, and a shell glob sorts them wrong).
-Each record gets ``_t`` (Unix seconds from its ``timestamp``) and ``_where``
-(``file:line``). Lines are numbered by the writing process (``pid`` and ``seq``,
+Records are read one at a time, never all at once: a day of a busy llmux is
+hundreds of millions of lines. Files are put in the order they were written, by
+the time of their first record (logrotate's ``.N`` numbers run backwards, and a
+shell glob sorts them wrong); a file named twice is read once. Each record gets
+``_t`` (Unix seconds from its ``timestamp``) and ``_where`` (``file:line``). Lines
+are numbered by the writing process (``pid`` and ``seq``,
 :class:`llmux.telemetry.logs.SequenceFilter`): a jump in a process's numbers is
 reported as lines lost. Text-format logs cannot be read back; their lines count
 as unparsable.
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,90 +46,116 @@ class Gap:
 
 @dataclass
 class Lines:
-    """What :func:`read_logs` read: the records in write order, and what is missing."""
+    """What :func:`read_logs` reads: ``records``, an iterator in write order; ``gaps``,
+    filled in as they are met; ``numbered``, whether any line so far carried pid and seq
+    (without them, lost lines cannot be seen); ``count``, records read so far."""
 
-    records: list[dict] = field(default_factory=list)
+    records: Iterator[dict]
+    sources: list[str]
     gaps: list[Gap] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    numbered: bool = False  # whether lines carry pid and seq (lost lines are detectable)
+    numbered: bool = False
+    count: int = 0
 
 
 def read_logs(paths: Iterable[str | Path], stdin: IO[str] | None = None) -> Lines:
-    """Read ``paths`` (``-``: ``stdin``) into :class:`Lines`.
+    """Open ``paths`` (``-``: ``stdin``) for reading in write order.
 
-    Raises OSError for a file that cannot be read; a line that is not a JSON object
-    with a parsable ``timestamp`` is a gap, not an error.
+    Raises OSError for a file that cannot be read (at once, before any record), and
+    ValueError for ``-`` without ``stdin``; a line that is not a JSON object with a
+    parsable ``timestamp`` is a gap, not an error.
     """
-    chunks = []
+    sources: list[tuple[float, str, Iterator[str]]] = []
     seen: set[tuple[int, int]] = set()
     for path in paths:
-        if str(path) != "-":
+        if str(path) == "-":
+            if stdin is None:
+                raise ValueError("'-' (stdin) given, but no stdin")
+            name, stream = "<stdin>", iter(stdin)
+        else:
             stat = Path(path).stat()
             if (stat.st_dev, stat.st_ino) in seen:  # the same file twice (a link, a glob)
                 continue
             seen.add((stat.st_dev, stat.st_ino))
-        if str(path) == "-":
-            if stdin is None:
-                raise ValueError("'-' (stdin) given, but no stdin")
-            chunks.append(_parse("<stdin>", stdin))
-        else:
-            with _open(Path(path)) as f:
-                chunks.append(_parse(str(path), f))
-    # in the order they were written: by first record; an empty file goes first
-    chunks.sort(key=lambda c: c[0][0]["_t"] if c[0] else float("-inf"))
-    lines = Lines()
-    for records, gaps, name in chunks:
-        lines.records.extend(records)
-        lines.gaps.extend(gaps)
-        lines.sources.append(name)
-    lines.numbered = any("seq" in r for r in lines.records)
-    lines.gaps.extend(_lost(lines.records))
-    lines.gaps.sort(key=lambda g: (g.at is None, g.at or 0.0))
+            name, stream = str(path), _lines_of(Path(path))
+        head, stream = _first_time(stream)
+        sources.append((head, name, stream))
+    sources.sort(key=lambda s: s[0])  # an empty or unreadable one first
+    lines = Lines(records=iter(()), sources=[name for _, name, _ in sources])
+    lines.records = _records(lines, sources)
     return lines
 
 
-def _open(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - the caller closes
+def _lines_of(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as raw:  # opened now: a missing file fails read_logs
+        yield from io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
 
 
-def _parse(name: str, stream: IO[str]) -> tuple[list[dict], list[Gap], str]:
-    records: list[dict] = []
-    gaps: list[Gap] = []
-    for number, line in enumerate(stream, 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-            record["_t"] = datetime.fromisoformat(record["timestamp"]).timestamp()
-        except (ValueError, KeyError, TypeError):
-            at = records[-1]["_t"] if records else None
-            gaps.append(Gap(at, "unparsable", f"{name}:{number}: not a JSON log line"))
-            continue
-        record["_where"] = f"{name}:{number}"
-        records.append(record)
-    return records, gaps, name
+def _first_time(stream: Iterator[str]) -> tuple[float, Iterator[str]]:
+    """The time of the first record in ``stream`` (-inf if none), and the stream, whole."""
+    taken = []
+    for line in stream:
+        taken.append(line)
+        record = _parse(line)
+        if record is not None:
+            return record["_t"], itertools.chain(taken, stream)
+    return float("-inf"), iter(taken)
 
 
-def _lost(records: list[dict]) -> list[Gap]:
-    """Jumps in each process's line numbers."""
-    last: dict[int, tuple[int, float]] = {}
-    gaps = []
-    for record in records:
-        pid, seq = record.get("pid"), record.get("seq")
-        if not isinstance(pid, int) or not isinstance(seq, int):
-            continue
-        before = last.get(pid)
-        if before is not None and seq != before[0] + 1:
-            if seq > before[0] + 1:
-                detail = (
-                    f"{seq - before[0] - 1} lines of process {pid} lost "
-                    f"(its lines {before[0] + 1}-{seq - 1}) before {record['_where']}"
+def _parse(line: str) -> dict | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+        record["_t"] = datetime.fromisoformat(record["timestamp"]).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record
+
+
+def _records(lines: Lines, sources) -> Iterator[dict]:
+    last: dict[int, tuple[int, float]] = {}  # pid -> (seq, at) of its last line
+    at = None
+    for _, name, stream in sources:
+        numbered = enumerate(stream, 1)
+        number = 0
+        while True:
+            try:
+                number, line = next(numbered)
+            except StopIteration:
+                break
+            except (OSError, EOFError) as exc:  # a truncated .gz, a disk error
+                lines.gaps.append(
+                    Gap(at, "unparsable", f"{name}: unreadable after line {number}: {exc}")
                 )
-            else:
-                detail = f"process {pid}'s lines out of order at {record['_where']}"
-            gaps.append(Gap(before[1], "lines_lost", detail))
-        last[pid] = (seq, record["_t"])
-    return gaps
+                break
+            record = _parse(line)
+            if record is None:
+                if line.strip():
+                    lines.gaps.append(
+                        Gap(at, "unparsable", f"{name}:{number}: not a JSON log line")
+                    )
+                continue
+            at = record["_t"]
+            record["_where"] = f"{name}:{number}"
+            pid, seq = record.get("pid"), record.get("seq")
+            if isinstance(pid, int) and isinstance(seq, int):
+                lines.numbered = True
+                before = last.get(pid)
+                if before is not None and seq != before[0] + 1:
+                    lines.gaps.append(_jump(pid, before, seq, record["_where"]))
+                last[pid] = (seq, at)
+            lines.count += 1
+            yield record
+
+
+def _jump(pid: int, before: tuple[int, float], seq: int, where: str) -> Gap:
+    if seq > before[0] + 1:
+        detail = (
+            f"{seq - before[0] - 1} lines of process {pid} lost "
+            f"(its lines {before[0] + 1}-{seq - 1}) before {where}"
+        )
+    else:
+        detail = f"process {pid}'s lines out of order at {where}"
+    return Gap(before[1], "lines_lost", detail)

@@ -98,33 +98,37 @@ class Story:
         }
 
 
-def reconstruct(lines: Lines) -> Story:
-    """Rebuild a :class:`Story` from records in write order (:func:`read_logs`)."""
-    builder = _Builder(lines)
+def reconstruct(lines: Lines, since: float | None = None, until: float | None = None) -> Story:
+    """Rebuild a :class:`Story` from records in write order (:func:`read_logs`), one at a
+    time. Requests that end before ``since`` or begin after ``until`` (Unix seconds) are
+    not kept, so a long log needs memory for its window only; states, switches and
+    hooks are kept whole (:meth:`Story.window` cuts them)."""
+    builder = _Builder(lines, since, until)
     for record in lines.records:
         builder.feed(record)
     return builder.finish()
 
 
 class _Builder:
-    def __init__(self, lines: Lines):
-        self.story = Story(gaps=list(lines.gaps), sources=lines.sources, lines=len(lines.records))
+    def __init__(self, lines: Lines, since: float | None, until: float | None):
+        self.lines = lines
+        self.since = float("-inf") if since is None else since
+        self.until = float("inf") if until is None else until
+        self.story = Story(sources=lines.sources)
         self.worker: int | None = None  # the pid whose records are llmux's
         self.retired: set[int] = set()  # workers replaced (one may still finish its streams)
         self.started = False  # the log shows the worker starting: states known from there
         self.switch: dict | None = None
-        self.requests: dict[str, dict] = {}
-        if lines.records:
-            self.story.start = lines.records[0]["_t"]
-            self.story.end = lines.records[-1]["_t"]
-        if lines.records and not lines.numbered:
-            self.gap(self.story.start, "lines_lost", "lines carry no numbers: lost lines go unseen")
+        self.requests: dict[str, dict] = {}  # by request_id, until they end
 
     def gap(self, at, kind: str, detail: str) -> None:
         self.story.gaps.append(Gap(at, kind, detail))
 
     def feed(self, r: dict) -> None:
         t = r["_t"]
+        if self.story.start is None:
+            self.story.start = t
+        self.story.end = t
         logger, message = r.get("logger", ""), r.get("message", "")
         if logger == "gunicorn.error" and message.startswith("Booting worker"):
             self.restart(t, "worker started" if not self.started else "worker restarted")
@@ -293,10 +297,8 @@ class _Builder:
         if not isinstance(rid, str):
             return None
         if rid not in self.requests:
-            self.requests[rid] = {"request_id": rid, "model": r.get("model"), "events": []}
-        entry = self.requests[rid]
-        entry["events"].append({"at": t, "event": r["event"]})
-        return entry
+            self.requests[rid] = {"request_id": rid, "model": r.get("model"), "first_at": t}
+        return self.requests[rid]
 
     def on_request_queued(self, r, t):
         entry = self.request(r, t)
@@ -335,14 +337,21 @@ class _Builder:
         for key in ("ttfb_secs", "code", "alias", "path"):
             if key in r:
                 entry[key] = r[key]
-        self.story.requests.append(entry)
         del self.requests[entry["request_id"]]
+        del entry["first_at"]
+        if t >= self.since and entry["arrived_at"] <= self.until:
+            self.story.requests.append(entry)
 
     def finish(self) -> Story:
+        story = self.story
+        story.lines = self.lines.count
+        story.gaps[:0] = self.lines.gaps
+        if story.lines and not self.lines.numbered:
+            self.gap(story.start, "lines_lost", "lines carry no numbers: lost lines go unseen")
         if self.switch is not None:
             self.no_end_switch(self.story.end)
         for rid, entry in self.requests.items():
-            at = entry["events"][0]["at"]
+            at = entry["first_at"]
             self.gap(at, "no_end", f"request {rid} ({entry['model']}) has no end in the log")
         for intervals in self.story.states.values():
             intervals[-1]["to"] = self.story.end

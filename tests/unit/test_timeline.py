@@ -221,3 +221,14 @@ def test_a_window_keeps_what_overlaps_it_with_states_known_from_before():
     assert result.exit_code == 0 and "switches (2)" in result.output  # a -> b, b -> a
     result = runner.invoke(main, ["timeline", "--until", "03:12 yesterday"], input=log.text())
     assert result.exit_code == 2 and "not an ISO 8601 time" in result.output
+
+
+def test_a_truncated_gz_file_is_a_gap_not_a_crash(tmp_path: Path):
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    packed = gzip.compress(log.text().encode())
+    (tmp_path / "llmux.log.2.gz").write_bytes(packed[: len(packed) * 2 // 3])
+    story = reconstruct(read_logs([tmp_path / "llmux.log.2.gz"]))
+    (gap,) = [g for g in story.gaps if g.kind == "unparsable"]
+    assert "unreadable after line" in gap.detail
+    assert story.lines > 0
