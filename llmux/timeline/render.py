@@ -13,6 +13,7 @@ import html
 import statistics
 from collections import Counter
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from .story import UNKNOWN, Story
 
@@ -51,6 +52,42 @@ td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;
   font-family:monospace;white-space:pre-wrap}
 .gaps li{color:#b91c1c}
 """
+
+
+def _secs(key: str):
+    return lambda x: f"{x[key]:.3f}"
+
+
+def _started(x: dict) -> str:
+    return clock(x["started_at"])
+
+
+# the HTML page's tables: (title, Story attribute, [(column, cell of an entry)])
+TABLES = (
+    ("Switches", "switches", [
+        ("started", _started), ("from", itemgetter("from")), ("to", itemgetter("to")),
+        ("result", itemgetter("result")), ("seconds", _secs("duration_secs")),
+        ("phases", lambda x: ", ".join(f"{k} {v:.3f}" for k, v in x["phases"].items())),
+        ("error", itemgetter("error")),
+    ]),
+    ("Sleeps", "sleeps", [
+        ("started", _started), ("model", itemgetter("from")), ("reason", itemgetter("reason")),
+        ("ok", itemgetter("ok")), ("seconds", _secs("duration_secs")),
+        ("error", itemgetter("error")),
+    ]),
+    ("Hook runs", "hooks", [
+        ("started", _started), ("model", itemgetter("model")), ("hook", itemgetter("hook")),
+        ("result", itemgetter("result")), ("seconds", _secs("duration_secs")),
+        ("exit", lambda x: x.get("exit_code", "")),
+        ("stderr", lambda x: (x.get("stderr") or "")[-500:]),
+    ]),
+    ("Requests", "requests", [
+        ("arrived", lambda x: clock(x["arrived_at"])), ("request id", itemgetter("request_id")),
+        ("model", itemgetter("model")), ("status", itemgetter("status")),
+        ("outcome", itemgetter("outcome")), ("waited s", _secs("wait_secs")),
+        ("took s", _secs("duration_secs")),
+    ]),
+)  # fmt: skip
 
 
 def clock(t: float | None, date: bool = False) -> str:
@@ -181,76 +218,15 @@ def html_page(story: Story) -> str:
         f'<span class="key" style="background:{c}"></span>{e(s)}' for s, c in COLOURS.items()
     )
 
-    def table(title: str, head: list[str], body: list[list[str]]) -> str:
+    def table(title: str, entries: list[dict], columns) -> str:
+        header = "".join(f"<th>{e(name)}</th>" for name, _ in columns)
         cells = "".join(
-            "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in body
+            "<tr>" + "".join(f"<td>{e(str(cell(x)))}</td>" for _, cell in columns) + "</tr>"
+            for x in entries
         )
-        header = "".join(f"<th>{e(h)}</th>" for h in head)
-        return f"<h2>{e(title)} ({len(body)})</h2><table><tr>{header}</tr>{cells}</table>"
+        return f"<h2>{e(title)} ({len(entries)})</h2><table><tr>{header}</tr>{cells}</table>"
 
-    switches = table(
-        "Switches",
-        ["started", "from", "to", "result", "seconds", "phases", "error"],
-        [
-            [
-                clock(s["started_at"]),
-                s["from"],
-                s["to"],
-                s["result"],
-                f"{s['duration_secs']:.3f}",
-                ", ".join(f"{k} {v:.3f}" for k, v in s["phases"].items()),
-                s["error"],
-            ]
-            for s in story.switches
-        ],
-    )
-    sleeps = table(
-        "Sleeps",
-        ["started", "model", "reason", "ok", "seconds", "error"],
-        [
-            [
-                clock(s["started_at"]),
-                s["from"],
-                s["reason"],
-                s["ok"],
-                f"{s['duration_secs']:.3f}",
-                s["error"],
-            ]
-            for s in story.sleeps
-        ],
-    )
-    hooks = table(
-        "Hook runs",
-        ["started", "model", "hook", "result", "seconds", "exit", "stderr"],
-        [
-            [
-                clock(h["started_at"]),
-                h["model"],
-                h["hook"],
-                h["result"],
-                f"{h['duration_secs']:.3f}",
-                h.get("exit_code", ""),
-                (h.get("stderr") or "")[-500:],
-            ]
-            for h in story.hooks
-        ],
-    )
-    requests = table(
-        "Requests",
-        ["arrived", "request id", "model", "status", "outcome", "waited s", "took s"],
-        [
-            [
-                clock(r["arrived_at"]),
-                r["request_id"],
-                r["model"],
-                r["status"],
-                r["outcome"],
-                f"{r['wait_secs']:.3f}",
-                f"{r['duration_secs']:.3f}",
-            ]
-            for r in story.requests
-        ],
-    )
+    tables = "".join(table(title, getattr(story, kind), columns) for title, kind, columns in TABLES)
     gaps = (
         "<ul class=gaps>"
         + "".join(f"<li>{clock(g.at)} <b>{e(g.kind)}</b>: {e(g.detail)}</li>" for g in story.gaps)
@@ -266,6 +242,6 @@ def html_page(story: Story) -> str:
 {e(", ".join(story.sources))}.</p>
 <h2>Gaps: what the log cannot tell ({len(story.gaps)})</h2>{gaps}
 <h2>Model states</h2>{"".join(rows)}<p>{legend}</p>
-{switches}{sleeps}{hooks}{requests}
+{tables}
 </body></html>
 """
