@@ -313,6 +313,8 @@ class Config:
     # streaming requests that wait for a switch get SSE comments with their progress
     stream_loading: bool = setting(False, boolean)
     admin: AdminConfig = section(AdminConfig)
+    # how this llmux names itself to a router (GET /llmux/state); None: host name:port
+    node_name: str | None = setting(None, optional(text))
     startup: StartupConfig = section(StartupConfig)
     shutdown: ShutdownConfig = section(ShutdownConfig)
 

@@ -117,6 +117,27 @@ class Reports:
                 ],
             }
 
+    def models_state(self) -> dict[str, dict]:
+        """Per model, what a router polls: ``state``, ``in_flight``, ``queued``,
+        ``oldest_wait_secs`` (the longest a queued request has waited, 0 with none) and
+        ``estimated_wait_secs`` (the policy's seconds until it could serve a request
+        arriving now: 0 when awake, the rest of its wake, else drain plus switch; None
+        when nothing is known). One lock hold, O(models): cheap to poll every second."""
+        with self._locked:
+            now = self.clock()
+            snap = self._snapshot(now)
+            return {
+                n: {
+                    "state": str(m.state),
+                    "in_flight": m.in_flight,
+                    "queued": len(m.waiters),
+                    "oldest_wait_secs": round(now - m.waiters[0].since, 3) if m.waiters else 0.0,
+                    "estimated_wait_secs": estimates.rounded(self._eta(n, now, snap)),
+                }
+                for n, m in self._models.items()
+                if not m.removed
+            }
+
     def bounds(self) -> dict[str, float | None]:
         """Model -> the policy's starvation bound in force now (seconds; None: none)."""
         with self._locked:

@@ -15,6 +15,7 @@ from the config (plus ``idle`` for a cold start), never from a request.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import (
@@ -51,6 +52,7 @@ class Metrics(Observer):
         r = self.registry = CollectorRegistry()
         self.models: set[str] = set()
         self._bounded: set[str] = set()  # models with a llmux_wait_bound_seconds series
+        self._signalled: set[str] = set()  # models with router-signal series
 
         def histogram(name, doc, labels):
             return Histogram(name, doc, labels, buckets=BUCKETS, registry=r)
@@ -78,6 +80,19 @@ class Metrics(Observer):
             "llmux_wait_bound_seconds",
             "The starvation bound in force (cost_aware): no request should wait longer "
             "than this plus one switch",
+            ["model"],
+            registry=r,
+        )
+        self.estimated_wait = Gauge(
+            "llmux_model_estimated_wait_seconds",
+            "Seconds until the model could serve a request arriving now (0 when awake), "
+            "as GET /llmux/state says; no sample while nothing is known",
+            ["model"],
+            registry=r,
+        )
+        self.oldest_wait = Gauge(
+            "llmux_request_queue_oldest_wait_seconds",
+            "How long the oldest queued request of the model has waited (0 with none)",
             ["model"],
             registry=r,
         )
@@ -196,6 +211,23 @@ class Metrics(Observer):
             if secs is not None:
                 self.wait_bound.labels(model).set(secs)
                 self._bounded.add(model)
+
+    def set_node_state(self, models: dict[str, dict]) -> None:
+        """Set the router signals of ``GET /llmux/state`` (at scrape time: they change
+        with the clock); a model whose wait is unknown, or a reload removed, has no
+        ``llmux_model_estimated_wait_seconds`` sample."""
+        for model in sorted(self._signalled - set(models)):  # removed by a reload
+            self.oldest_wait.remove(model)
+            with contextlib.suppress(KeyError):
+                self.estimated_wait.remove(model)
+        self._signalled = set(models)
+        for model, signals in models.items():
+            self.oldest_wait.labels(model).set(signals["oldest_wait_secs"])
+            if signals["estimated_wait_secs"] is None:
+                with contextlib.suppress(KeyError):  # no sample: nothing to remove
+                    self.estimated_wait.remove(model)
+            else:
+                self.estimated_wait.labels(model).set(signals["estimated_wait_secs"])
 
     def request_finished(
         self, model: str, status: int, seconds: float, outcome: str = "completed"

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 
 from flask import Flask, Response, request
@@ -159,25 +160,50 @@ class Gateway:
     def model_entries(self, config: Config) -> list[dict]:
         """``/v1/models``: every model, then every alias, sorted by name within each."""
         names = sorted(config.names, key=lambda n: (config.names[n] != n, n))
-        return [self.model_entry(name, config) for name in names]
+        states = self.switcher.models_state()
+        return [self.model_entry(name, config, states) for name in names]
 
-    def model_entry(self, name: str, config: Config) -> dict:
-        """One OpenAI model object for a model or alias name; ``ModelNotFound`` if neither."""
+    def model_entry(self, name: str, config: Config, states: dict | None = None) -> dict:
+        """One OpenAI model object for a model or alias name; ``ModelNotFound`` if neither.
+
+        Besides OpenAI's four fields: ``state``, ``aliases`` or ``alias_of``, and
+        ``llmux``, the model's :meth:`node_state` entry with the node's name, for routers.
+        """
         model = config.resolve(name)
         if model is None:
             raise ModelNotFound(name)
+        states = states if states is not None else self.switcher.models_state()
+        signals = states.get(model) or {"state": self.switcher.state(model)}
         entry = {
             "id": name,
             "object": "model",
             "created": 0,
             "owned_by": "llmux",
-            "state": self.switcher.state(model),
+            "state": signals["state"],
         }
         if model != name:
             entry["alias_of"] = model
         elif config.models[model].aliases:
             entry["aliases"] = list(config.models[model].aliases)
+        entry["llmux"] = {**signals, "node": self.node_name(config)}
         return entry
+
+    def node_name(self, config: Config) -> str:
+        """``node_name``, else this host's name and the port llmux listens on."""
+        return config.node_name or f"{socket.gethostname()}:{config.port}"
+
+    def node_state(self) -> dict:
+        """``GET /llmux/state``: what a router needs to place a request on this node.
+
+        ``{"node", "time" (Unix seconds), "models": {name: {state, in_flight, queued,
+        oldest_wait_secs, estimated_wait_secs}}}`` (:meth:`Switcher.models_state`).
+        """
+        config = self.config
+        return {
+            "node": self.node_name(config),
+            "time": round(time.time(), 3),
+            "models": self.switcher.models_state(),
+        }
 
     def status(self) -> dict:
         """What the admin API, the page and ``llmux status`` show."""
@@ -363,11 +389,22 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         entry = gateway.model_entry(model_id, request.environ[CONFIG])
         return Response(_json(entry), content_type="application/json")
 
+    @app.get("/llmux/state")
+    def node_state():
+        # for routers: their client key (api_keys), not the admin token
+        gateway.authorize(
+            request.headers.get("Authorization"),
+            request.headers.get("X-Api-Key"),
+            request.environ[CONFIG],
+        )
+        return Response(_json(gateway.node_state()), content_type="application/json")
+
     @app.get("/metrics")
     def metrics():
         # text format, or OpenMetrics when the scraper asks for it
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept"))
         gateway.metrics.set_wait_bounds(gateway.switcher.bounds())
+        gateway.metrics.set_node_state(gateway.switcher.models_state())
         return Response(encoder(gateway.metrics.registry), content_type=content_type)
 
     @app.before_request

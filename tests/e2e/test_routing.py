@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,10 +100,25 @@ def test_models_listing(llmux_factory):
     server = llmux_factory(models=("zeta", "alpha", "org/model-1"))
     r = requests.get(server.url + "/v1/models", timeout=5)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    signals = {
+        "state": "asleep",
+        "in_flight": 0,
+        "queued": 0,
+        "oldest_wait_secs": 0.0,
+        "estimated_wait_secs": None,  # nothing measured or declared yet
+        "node": f"{socket.gethostname()}:{server.port}",
+    }
     assert r.json() == {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "llmux", "state": "asleep"}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmux",
+                "state": "asleep",
+                "llmux": signals,
+            }
             for name in ("alpha", "org/model-1", "zeta")
         ],
     }

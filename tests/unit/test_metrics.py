@@ -52,3 +52,23 @@ def test_events_count_where_they_belong():
     left = samples(m, "llmux_request_queue_left_total")
     assert left[(("model", "a"), ("reason", "timeout"))] == 1.0
     assert sum(left.values()) == 1.0
+
+
+def test_router_signals_follow_the_node_state_and_leave_with_removed_models():
+    m = Metrics(["a", "b"])
+    signals = {"in_flight": 0, "queued": 0, "state": "asleep"}
+    m.set_node_state(
+        {
+            "a": {**signals, "oldest_wait_secs": 0.0, "estimated_wait_secs": 0.0},
+            "b": {**signals, "oldest_wait_secs": 4.5, "estimated_wait_secs": None},
+        }
+    )
+    assert samples(m, "llmux_request_queue_oldest_wait_seconds") == {
+        (("model", "a"),): 0.0,
+        (("model", "b"),): 4.5,
+    }
+    # an unknown estimate is no sample, never a made-up 0
+    assert samples(m, "llmux_model_estimated_wait_seconds") == {(("model", "a"),): 0.0}
+    m.set_node_state({"b": {**signals, "oldest_wait_secs": 1.0, "estimated_wait_secs": 12.0}})
+    assert samples(m, "llmux_request_queue_oldest_wait_seconds") == {(("model", "b"),): 1.0}
+    assert samples(m, "llmux_model_estimated_wait_seconds") == {(("model", "b"),): 12.0}
