@@ -299,6 +299,13 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # also export the vLLM-named series the Gateway API Inference Extension's endpoint
+    # picker scrapes (vllm:num_requests_waiting, ..., vllm:lora_requests_info)
+    vllm_names: bool = setting(False, boolean)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str = ""
     port: int = setting(3000, integer(1, 65535))
@@ -317,6 +324,7 @@ class Config:
     node_name: str | None = setting(None, optional(text))
     startup: StartupConfig = section(StartupConfig)
     shutdown: ShutdownConfig = section(ShutdownConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
 
     @property
     def base_dir(self) -> str:

@@ -50,6 +50,7 @@ from ..telemetry import logs
 from ..telemetry.history import History
 from ..telemetry.log_events import LogObserver
 from ..telemetry.metrics import Metrics
+from ..telemetry.vllm_names import VllmNames
 from . import bodies, cors, inbound, loading
 from .admin import admin_blueprint
 from .exchange import Exchange, request_id_from
@@ -89,11 +90,19 @@ class Gateway:
             observer=Observers(LogObserver(), self.metrics, recorder, self.history),
             idle_sleep={name: config.idle_sleep_secs(name) for name in config.models},
         )
+        # the endpoint picker's names, read at scrape time while metrics.vllm_names is on
+        self.metrics.registry.register(
+            VllmNames(self._vllm_models_state, max_awake=1, clock=time.time)
+        )
         self.upstream = Upstream(config.proxy)
         self.reloader = Reloader(self)
         for warning in config.warnings():
             log.warning("config: %s", warning, extra={"event": "config_warning"})
         self.switcher.start(self._take_over, preload=config.startup.preload)
+
+    def _vllm_models_state(self) -> dict | None:
+        """The models' state for :class:`VllmNames`; None (no series) unless enabled."""
+        return self.switcher.models_state() if self.config.metrics.vllm_names else None
 
     def _take_over(self) -> str | None:
         """Own the config's hooks, then find what is awake (a previous llmux's, or adopted)."""

@@ -32,7 +32,7 @@ RESTART_ONLY = ("host", "port", "startup")
 # top-level settings besides models that a reload applies at once
 LIVE_SETTINGS = (
     "policy", "hooks", "proxy", "api_keys", "cors", "stream_loading", "admin", "shutdown",
-    "node_name",
+    "node_name", "metrics",
 )  # fmt: skip
 
 

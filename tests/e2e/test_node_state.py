@@ -107,3 +107,15 @@ def test_the_node_name_defaults_to_host_and_port(llmux):
     r = requests.get(llmux.url + "/llmux/state", timeout=5)
     assert r.status_code == 200  # no api_keys: open, like /v1/models
     assert r.json()["node"] == f"{socket.gethostname()}:{llmux.port}"
+
+
+def test_vllm_named_series_for_the_endpoint_picker_behind_a_setting(llmux_factory):
+    server = llmux_factory(models=("a", "b"), metrics={"vllm_names": True})
+    assert server.chat("a").status_code == 200
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    assert "vllm:num_requests_waiting 0.0" in text
+    assert "vllm:num_requests_running 0.0" in text
+    assert "vllm:kv_cache_usage_perc 1.0" in text
+    assert 'running_lora_adapters="a",waiting_lora_adapters=""' in text
+    off = llmux_factory(models=("a",))
+    assert "vllm:" not in requests.get(off.url + "/metrics", timeout=5).text
