@@ -118,10 +118,12 @@ class Llmux:
         return self.session.post(self.url + path, json=body, **kw)
 
     def stream(self, model, **extra):
-        """A streamed chat completion, left open for the caller to read."""
+        """A streamed chat completion, left open for the caller to read; its connection
+        closes with it (an idle keep-alive one would hold llmux's shutdown ~4 s)."""
         return requests.post(
             self.url + "/v1/chat/completions",
             json={"model": model, "stream": True, **extra},
+            headers={"Connection": "close"},
             stream=True,
             timeout=30,
         )
