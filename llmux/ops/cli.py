@@ -245,7 +245,7 @@ def simulate(ctx):
 
 
 @main.command()
-@click.argument("logfiles", nargs=-1, metavar="LOGFILE...")
+@click.argument("logfiles", nargs=-1, metavar="[LOGFILE]...")
 @click.option("--json", "as_json", is_flag=True, help="the whole story as JSON, for tools")
 @click.option("--html", "html_file", metavar="FILE", help="also write a self-contained page")
 @click.option("--requests", "list_requests", is_flag=True, help="list every request")
@@ -265,19 +265,31 @@ def timeline(logfiles, as_json, html_file, list_requests, width, since, until):
     events missing.
     """
     from ..timeline.reading import read_logs
-    from ..timeline.render import html_page, text
+    from ..timeline.render import clock, html_page, plain, text
     from ..timeline.story import reconstruct
 
     window = [_utc_seconds(name, value) for name, value in (("since", since), ("until", until))]
+    if None not in window and window[0] > window[1]:
+        raise click.BadParameter("--since is later than --until", param_hint="--since")
     try:
-        story = reconstruct(read_logs(logfiles or ["-"], stdin=sys.stdin), *window)
+        whole = reconstruct(read_logs(logfiles or ["-"], stdin=sys.stdin), *window)
     except OSError as exc:
         raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
-    if since or until:
-        story = story.window(*window)
+    if whole.start is None:  # not one llmux JSON line: say why, never an empty chart
+        why = "; ".join(plain(g.detail) for g in whole.gaps[:3]) or "the input is empty"
+        raise click.ClickException(f"no llmux JSON log lines read ({why})")
+    story = whole.window(*window) if since or until else whole
+    if story.start is None:
+        raise click.ClickException(
+            f"no llmux log lines between {since or 'the start'} and {until or 'the end'}: "
+            f"the log covers {clock(whole.start, True)} to {clock(whole.end, True)} UTC"
+        )
     if html_file:
-        with open(html_file, "w", encoding="utf-8") as f:
-            f.write(html_page(story))
+        try:
+            with open(html_file, "w", encoding="utf-8") as f:
+                f.write(html_page(story))
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {html_file}: {exc.strerror}") from None
     if as_json:
         click.echo(json.dumps(story.as_dict(), indent=1))
     else:

@@ -23,6 +23,7 @@ import gzip
 import io
 import itertools
 import json
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,8 +34,8 @@ from typing import IO
 @dataclass(frozen=True)
 class Gap:
     """Something the log cannot tell: ``kind`` is ``unparsable``, ``lines_lost``,
-    ``restart``, ``unknown_start``, ``missing_event`` or ``no_end``; ``at`` Unix seconds
-    (None when unknown)."""
+    ``restart``, ``stopped``, ``unknown_start``, ``missing_event`` or ``no_end``;
+    ``at`` Unix seconds (None when unknown)."""
 
     at: float | None
     kind: str
@@ -60,29 +61,72 @@ class Lines:
 def read_logs(paths: Iterable[str | Path], stdin: IO[str] | None = None) -> Lines:
     """Open ``paths`` (``-``: ``stdin``) for reading in write order.
 
-    Raises OSError for a file that cannot be read (at once, before any record), and
-    ValueError for ``-`` without ``stdin``; a line that is not a JSON object with a
-    parsable ``timestamp`` is a gap, not an error.
+    Raises OSError for a file that cannot be opened (at once, before any record), and
+    ValueError for ``-`` without ``stdin``. A file that turns out unreadable (not
+    gzip after all, truncated) and a line that is not a JSON object with a parsable
+    ``timestamp`` are gaps, not errors. Standard input may be several files one after
+    another in any order (``zcat -f llmux.log* |``): it is cut where time goes back and
+    the pieces, kept in temporary files, are read in write order too.
     """
     sources: list[tuple[float, str, Iterator[str]]] = []
+    early: list[Gap] = []
     seen: set[tuple[int, int]] = set()
     for path in paths:
         if str(path) == "-":
             if stdin is None:
                 raise ValueError("'-' (stdin) given, but no stdin")
-            name, stream = "<stdin>", iter(stdin)
-        else:
-            stat = Path(path).stat()
-            if (stat.st_dev, stat.st_ino) in seen:  # the same file twice (a link, a glob)
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
-            name, stream = str(path), _lines_of(Path(path))
-        head, stream = _first_time(stream)
-        sources.append((head, name, stream))
-    sources.sort(key=lambda s: s[0])  # an empty or unreadable one first
-    lines = Lines(records=iter(()), sources=[name for _, name, _ in sources])
+            sources.extend(_pieces(stdin))
+            continue
+        stat = Path(path).stat()
+        if (stat.st_dev, stat.st_ino) in seen:  # the same file twice (a link, a glob)
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        try:
+            head, stream = _first_time(_lines_of(Path(path)))
+        except (OSError, EOFError) as exc:  # not gzip after all, cut short
+            early.append(Gap(None, "unparsable", f"{path}: unreadable: {exc}"))
+            continue
+        sources.append((head, str(path), stream))
+    sources.sort(key=lambda s: s[0])  # an empty one first
+    lines = Lines(records=iter(()), sources=[name for _, name, _ in sources], gaps=early)
     lines.records = _records(lines, sources)
     return lines
+
+
+# how far back a timestamp on stdin may go before it is taken for another file's start
+# (lines of gunicorn's master and worker interleave within milliseconds)
+BACKWARDS_SECS = 1.0
+
+
+def _pieces(stream: IO[str]) -> list[tuple[float, str, Iterator[str]]]:
+    """``stream`` cut where its time goes back, each piece spooled to a temporary file."""
+    pieces = []
+    current, head, latest = None, float("-inf"), float("-inf")
+    for line in stream:
+        record = _parse(line)
+        if record is not None:
+            if current is not None and record["_t"] < latest - BACKWARDS_SECS:
+                pieces.append((head, current))
+                current = None
+            if current is None:
+                head = latest = record["_t"]
+            latest = max(latest, record["_t"])
+        if current is None:
+            current = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+        current.write(line if line.endswith("\n") else line + "\n")
+    if current is not None:
+        pieces.append((head, current))
+    named = []
+    for number, (first, spool) in enumerate(pieces, 1):
+        spool.seek(0)
+        name = "<stdin>" if len(pieces) == 1 else f"<stdin, part {number}>"
+        named.append((first, name, _spooled(spool)))
+    return named
+
+
+def _spooled(spool: IO[str]) -> Iterator[str]:
+    with spool:
+        yield from spool
 
 
 def _lines_of(path: Path) -> Iterator[str]:

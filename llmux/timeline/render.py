@@ -10,6 +10,7 @@ Usage::
 from __future__ import annotations
 
 import html
+import re
 import statistics
 from collections import Counter
 from datetime import UTC, datetime
@@ -45,6 +46,9 @@ body{font:14px system-ui,sans-serif;margin:1.5em;color:#111}
 .name{width:12em;font-family:monospace;overflow:hidden}
 .lane{position:relative;flex:1;height:18px;background:#f9fafb;border:1px solid #ddd}
 .bar{position:absolute;top:0;bottom:0}
+.axis{position:relative;flex:1;height:1.4em;font:11px monospace;color:#555}
+.tick{position:absolute;top:0;transform:translateX(-50%);white-space:nowrap}
+.tick:first-child{transform:none}.tick:last-child{transform:translateX(-100%)}
 .key{display:inline-block;width:1em;height:1em;margin:0 .3em 0 1em;
   border:1px solid #999;vertical-align:middle}
 table{border-collapse:collapse;margin-bottom:1em}
@@ -90,6 +94,15 @@ TABLES = (
 )  # fmt: skip
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plain(value) -> str:
+    """``value`` as text safe for a terminal: control characters (a carriage return that
+    would overwrite the line, an escape sequence) shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def clock(t: float | None, date: bool = False) -> str:
     """``t`` (Unix seconds) as UTC wall time, to the millisecond."""
     if t is None:
@@ -120,7 +133,7 @@ def _request_summary(story: Story) -> list[str]:
         waits = sorted(r["wait_secs"] for r in requests)
         p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))]
         lines.append(
-            f"  {model}: {len(requests)} "
+            f"  {plain(model)}: {len(requests)} "
             f"({', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}); "
             f"wait p50 {statistics.median(waits):.3f} s, p99 {p99:.3f} s"
         )
@@ -138,26 +151,30 @@ def text(story: Story, width: int = 72, requests: bool = False) -> str:
         f"{story.lines} lines from {len(story.sources)} source(s)"
     )
     name_width = max([len(m) for m in story.states] + [5])
-    out.append(f"{'':{name_width}} |{clock(story.start):<{width - 12}}{clock(story.end):>12}|")
+    if width >= 2 * 12 + 2:
+        out.append(f"{'':{name_width}} |{clock(story.start):<{width - 12}}{clock(story.end):>12}|")
+    else:  # no room for both times: the first line has them
+        out.append(f"{'':{name_width}} |{'':{width}}|")
     for model, intervals in sorted(story.states.items()):
-        out.append(f"{model:{name_width}} |{_chart_row(intervals, story.start, span, width)}|")
+        row = _chart_row(intervals, story.start, span, width)
+        out.append(f"{plain(model):{name_width}} |{row}|")
     legend = "  ".join(f"{c!r} {s}" for s, c in STATE_CHARS.items())
     out.append(f"{'':{name_width}}  {legend}")
     out.append("")
     out.append(f"switches ({len(story.switches)})")
     for s in story.switches:
         phases = ", ".join(f"{k} {v:.3f}" for k, v in s["phases"].items())
-        note = f": {s['error']}" if s["error"] else ""
+        note = f": {plain(s['error'])}" if s["error"] else ""
         out.append(
-            f"  {clock(s['started_at'])}  {s['from']} -> {s['to']}  {s['result']}  "
+            f"  {clock(s['started_at'])}  {plain(s['from'])} -> {plain(s['to'])}  {s['result']}  "
             f"{s['duration_secs']:.3f} s" + (f" ({phases})" if phases else "") + note
         )
     if story.sleeps:
         out.append(f"sleeps ({len(story.sleeps)})")
         for s in story.sleeps:
-            result = "ok" if s["ok"] else f"failed: {s['error']}"
+            result = "ok" if s["ok"] else f"failed: {plain(s['error'])}"
             out.append(
-                f"  {clock(s['started_at'])}  {s['from']} ({s['reason']})  {result}  "
+                f"  {clock(s['started_at'])}  {plain(s['from'])} ({s['reason']})  {result}  "
                 f"{s['duration_secs']:.3f} s"
             )
     kinds = Counter(h["result"] for h in story.hooks)
@@ -172,22 +189,29 @@ def text(story: Story, width: int = 72, requests: bool = False) -> str:
                 why = "stopped: nobody waited for it"
             stderr = (h.get("stderr") or "").strip().splitlines()
             out.append(
-                f"  {clock(h['started_at'])}  {h['model']} {h['hook']}  {why} "
-                f"({h['duration_secs']:.3f} s)" + (f": {stderr[-1]}" if stderr else "")
+                f"  {clock(h['started_at'])}  {plain(h['model'])} {h['hook']}  {why} "
+                f"({h['duration_secs']:.3f} s)" + (f": {plain(stderr[-1])}" if stderr else "")
             )
     out.append(f"requests ({len(story.requests)})")
     out.extend(_request_summary(story))
     if requests:
         for r in story.requests:
+            why = ", ".join(
+                str(x)
+                for x in (r.get("code"), r.get("left_queue") and "left queue: " + r["left_queue"])
+                if x
+            )
             out.append(
-                f"  {clock(r['arrived_at'])}  {r['request_id']}  {r['model']}  {r['status']} "
-                f"{r['outcome']}  waited {r['wait_secs']:.3f} s, took {r['duration_secs']:.3f} s"
+                f"  {clock(r['arrived_at'])}  {plain(r['request_id'])}  {plain(r['model'])}  "
+                f"{r['status']} {r['outcome']}"
+                + (f" ({why})" if why else "")
+                + f"  waited {r['wait_secs']:.3f} s, took {r['duration_secs']:.3f} s"
             )
     out.append("")
     if story.gaps:
         out.append(f"gaps: what this log cannot tell ({len(story.gaps)})")
         for g in story.gaps:
-            out.append(f"  {clock(g.at)}  {g.kind}: {g.detail}")
+            out.append(f"  {clock(g.at)}  {g.kind}: {plain(g.detail)}")
     else:
         out.append("gaps: none (every process's lines are all here)")
     return "\n".join(out) + "\n"
@@ -214,6 +238,11 @@ def html_page(story: Story) -> str:
         )
         name = f'<div class="name">{e(model)}</div>'
         rows.append(f'<div class="row">{name}<div class="lane">{bars}</div></div>')
+    ticks = "".join(
+        f'<span class="tick" style="left:{i * 25}%">{clock(story.start + span * i / 4)}</span>'
+        for i in range(5)
+    )
+    rows.append(f'<div class="row"><div class="name"></div><div class="axis">{ticks}</div></div>')
     legend = " ".join(
         f'<span class="key" style="background:{c}"></span>{e(s)}' for s, c in COLOURS.items()
     )

@@ -117,6 +117,7 @@ class _Builder:
         self.story = Story(sources=lines.sources)
         self.worker: int | None = None  # the pid whose records are llmux's
         self.retired: set[int] = set()  # workers replaced (one may still finish its streams)
+        self.stops = 0
         self.started = False  # the log shows the worker starting: states known from there
         self.switch: dict | None = None
         self.requests: dict[str, dict] = {}  # by request_id, until they end
@@ -133,6 +134,9 @@ class _Builder:
         if logger == "gunicorn.error" and message.startswith("Booting worker"):
             self.restart(t, "worker started" if not self.started else "worker restarted")
             return
+        if logger == "gunicorn.error" and message.startswith("Shutting down: Master"):
+            self.stopped(t)
+            return
         pid = r.get("pid")
         if logger.startswith("llmux.") and isinstance(pid, int) and pid not in self.retired:
             if self.worker is not None and pid != self.worker:  # its boot line is lost
@@ -144,7 +148,7 @@ class _Builder:
             handler(r, t)
 
     def restart(self, t: float, why: str) -> None:
-        if self.started or self.worker is not None:
+        if self.started or self.worker is not None or self.story.restarts or self.stops:
             self.gap(t, "restart", f"llmux restarted ({why}): what was in flight is cut")
             self.story.restarts.append(t)
         self.started = True
@@ -159,6 +163,18 @@ class _Builder:
             self.gap(t, "no_end", f"request {rid} ({request['model']}) has no end: restart")
             del self.requests[rid]
 
+    def stopped(self, t: float) -> None:
+        """llmux exited: until it starts again nobody watched the models."""
+        self.gap(t, "stopped", "llmux stopped: model states unknown until it starts again")
+        self.stops += 1
+        if self.switch is not None:
+            self.no_end_switch(t)
+        for model in self.story.states:
+            self.set_state(model, UNKNOWN, t, check=False)
+        if self.worker is not None:
+            self.retired.add(self.worker)
+        self.worker, self.started = None, False
+
     # --- model states ---
 
     def set_state(self, model: str, state: str, t: float, check: bool = True) -> None:
@@ -168,11 +184,11 @@ class _Builder:
                 intervals.append({"state": str(ModelState.ASLEEP), "from": self.story.start})
             else:
                 intervals.append({"state": UNKNOWN, "from": self.story.start})
-                self.gap(self.story.start, "unknown_start", f"{model}: state unknown before {t}")
+                self.gap(t, "unknown_start", f"{model}: state unknown until this first change")
         current = intervals[-1]
         if current["state"] == state:
             return
-        if check and current["state"] != UNKNOWN:
+        if check and current["state"] != UNKNOWN and state != UNKNOWN:
             allowed = TRANSITIONS[ModelState(current["state"])]
             if ModelState(state) not in allowed:
                 self.gap(t, "missing_event", f"{model} went from {current['state']} to {state}")

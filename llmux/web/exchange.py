@@ -118,6 +118,11 @@ class Exchange:
             return None
         return self.clock() - self.queued_at
 
+    def _unadmitted(self) -> float:
+        """Seconds a request that was never admitted waited: from asking for its model
+        until now (it ends as it leaves the queue); 0 if it never asked."""
+        return 0.0 if self.queued_at is None else self.clock() - self.queued_at
+
     def admitted(self, ticket, environ: dict) -> None:
         """Hold ``ticket``; the client stays watched until the last byte."""
         self.ticket = ticket
@@ -186,7 +191,10 @@ class Exchange:
             "method": self.method,
             "path": self.path,
             "duration_secs": round(seconds, 6),
-            "wait_secs": round(self.waited, 6),
+            # never admitted (a queue timeout, a client gone): what it waited until now
+            "wait_secs": round(
+                self.waited if self.ticket is not None else min(self._unadmitted(), seconds), 6
+            ),
         }
         if self.requested not in (None, self.model):
             fields["alias"] = self.requested

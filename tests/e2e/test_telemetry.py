@@ -139,6 +139,8 @@ def test_scenario_metrics_and_events(llmux_factory, tmp_path):
     ]
     assert all(r["request_id"] and r["duration_secs"] >= r["wait_secs"] for r in finished)
     assert finished[2]["code"] == "model_unavailable"
+    # the queue timeout waited its request_timeout_secs (1 s), never admitted
+    assert finished[5]["code"] == "queue_timeout" and 0.9 <= finished[5]["wait_secs"] < 1.5
     tagged = [r for r in records if r.get("request_id") == rid]
     assert {r.get("event") for r in tagged} >= {
         "request_queued",

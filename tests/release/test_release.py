@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def test_build_makes_an_sdist_and_a_wheel_that_twine_passes(dist):
     assert top == {"llmux", f"{DIST}-{__version__}.dist-info"}  # no tests, no benchmarks
     assert "llmux/web/status_page.html" in names
     assert "llmux/demo/fake_backend.py" in names
+    # the sdist carries what an operator installs besides the package
+    with tarfile.open(dist / files[1]) as sdist:
+        inside = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    for shipped in (
+        "conf/demo.yaml",
+        "conf/logrotate/llmux",
+        "conf/prometheus/llmux-alerts.yaml",
+        "conf/systemd/llmux.service",
+        "conf/grafana/llmux-dashboard.json",
+        "CHANGELOG.md",
+        "docs/operations.md",
+    ):
+        assert shipped in inside, shipped
+    assert not [name for name in inside if name.startswith("conf/run")]
 
 
 def test_the_wheel_installed_in_a_fresh_virtualenv_runs_the_demo(dist, tmp_path):

@@ -232,3 +232,78 @@ def test_a_truncated_gz_file_is_a_gap_not_a_crash(tmp_path: Path):
     (gap,) = [g for g in story.gaps if g.kind == "unparsable"]
     assert "unreadable after line" in gap.detail
     assert story.lines > 0
+
+
+def test_stdin_with_files_in_the_wrong_order_is_put_back_in_order():
+    log = Log().boot(0)
+    for i, (source, target) in enumerate([("idle", "a"), ("a", "b"), ("b", "a"), ("a", "b")]):
+        a_switch(log, 5.0 * i, source, target)
+    half = len(log.lines) // 2
+    # zcat -f llmux.log* | ...: the newest file first
+    newest_first = "\n".join(log.lines[half:] + log.lines[:half]) + "\n"
+    story = reconstruct(read_logs(["-"], stdin=io.StringIO(newest_first)))
+    assert story.gaps == []
+    assert [(s["from"], s["to"]) for s in story.switches] == [
+        ("idle", "a"),
+        ("a", "b"),
+        ("b", "a"),
+        ("a", "b"),
+    ]
+    assert story.sources == ["<stdin, part 2>", "<stdin, part 1>"]
+
+
+def test_a_stop_makes_states_unknown_until_llmux_starts_again():
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    log.add(5.0, MASTER, "gunicorn.error", message="Shutting down: Master")
+    log.boot(100.0, worker=300)
+    log.add(100.5, pid=300, event="model_state_changed", model="a", state="awake")
+    story = story_of(log)
+    assert [i["state"] for i in story.states["a"]] == [
+        "asleep", "waking", "awake", "unknown", "asleep", "awake",
+    ]  # fmt: skip
+    assert [g.kind for g in story.gaps] == ["stopped", "restart"]
+
+
+def test_what_cannot_be_shown_is_a_clear_error(tmp_path: Path):
+    runner = CliRunner()
+    text_log = "2026-11-30 06:00:00 INFO    llmux.switcher: switch idle -> a started\n"
+    result = runner.invoke(main, ["timeline"], input=text_log)
+    assert result.exit_code == 1
+    assert "no llmux JSON log lines read (<stdin>:1: not a JSON log line)" in result.output
+    result = runner.invoke(main, ["timeline"], input="")
+    assert result.exit_code == 1 and "the input is empty" in result.output
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    result = runner.invoke(main, ["timeline", "--since", "2020-01-01T00:00"], input=log.text())
+    assert result.exit_code == 0  # the window is clipped to the log
+    outside = ["timeline", "--since", "2020-01-01T00:00", "--until", "2020-01-01T01:00"]
+    result = runner.invoke(main, outside, input=log.text())
+    assert result.exit_code == 1 and "the log covers" in result.output
+    backwards = ["timeline", "--since", "2020-01-02T00:00", "--until", "2020-01-01T00:00"]
+    result = runner.invoke(main, backwards, input=log.text())
+    assert result.exit_code == 2 and "later than --until" in result.output
+    result = runner.invoke(main, ["timeline", "--html", str(tmp_path)], input=log.text())
+    assert result.exit_code == 1 and "cannot write" in result.output
+    (tmp_path / "fake.gz").write_text(log.text())  # not gzip at all
+    result = runner.invoke(main, ["timeline", str(tmp_path / "fake.gz")])
+    assert result.exit_code == 1 and "unreadable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_terminal_gets_no_control_characters_and_narrow_charts_still_read():
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    log.add(
+        2.0,
+        event="hook_failed",
+        model="a",
+        hook="sleep",
+        exit_code=1,
+        duration_secs=0.1,
+        stderr="progress 50%\rdone\x1b[2J\n",
+    )
+    chart = text(story_of(log), width=20)
+    assert "\r" not in chart and "\x1b" not in chart
+    assert ": done\\x1b[2J" in chart  # its last line, escaped
+    assert "|" + " " * 20 + "|" in chart  # no overlapping times on a narrow chart
