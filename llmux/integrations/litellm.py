@@ -1,0 +1,225 @@
+"""A routing strategy for the LiteLLM proxy: each request goes to the llmux node where its
+model is awake (``llmux.integrations.placement``), from the nodes' ``GET /llmux/state``.
+
+Install (in the LiteLLM proxy's own virtualenv: ``pip install "llmux-proxy[litellm]"``)
+and name it in the proxy's ``config.yaml``::
+
+    model_list:
+      - model_name: qwen                 # one deployment per llmux node
+        litellm_params: {model: openai/qwen, api_base: "http://gpu-a:3000/v1", api_key: KEY}
+      - model_name: qwen
+        litellm_params: {model: openai/qwen, api_base: "http://gpu-b:3000/v1", api_key: KEY}
+    litellm_settings:
+      callbacks: ["llmux.integrations.litellm.proxy_handler_instance"]
+
+LiteLLM 1.108 has no setting that names a custom strategy, so the entry in
+``callbacks`` does it: importing this module creates :data:`proxy_handler_instance`, a
+``CustomLogger`` that, once the proxy's router exists, installs
+:class:`LlmuxRoutingStrategy` with ``Router.set_custom_routing_strategy`` (checked
+every second and before each request, in case the router is rebuilt) and polls every
+node's ``GET /llmux/state`` in the background (never inside a request). The strategy
+picks among what LiteLLM's ``async_get_healthy_deployments`` leaves, so cooldowns,
+health checks and LiteLLM's retries still apply; a retry avoids the nodes that already
+failed the request.
+
+Which node a deployment is: ``model_info.llmux_node`` (a base URL such as
+``http://gpu-a:3000``), else its ``api_base`` without a trailing ``/v1``; its model on
+that node: ``model_info.llmux_model``, else ``litellm_params.model`` without its
+provider prefix. A node is polled with the deployment's ``api_key`` as a Bearer token
+(llmux's ``api_keys``). Settings, from the environment: ``LLMUX_LITELLM_POLL_SECS``
+(1), ``LLMUX_LITELLM_MAX_AGE_SECS`` (5: an older answer counts as none, so a dead
+node is skipped), ``LLMUX_LITELLM_SPILL_FACTOR`` (2). Tested with LiteLLM 1.108.7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+import httpx
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.router import Router
+from litellm.types.router import CustomRoutingStrategyBase
+
+from .placement import choose
+
+log = logging.getLogger("llmux.integrations.litellm")
+
+
+def _setting(name: str, default: float) -> float:
+    value = float(os.environ.get(name, default))
+    if not value > 0:
+        raise ValueError(f"{name} must be above 0, got {value}")
+    return value
+
+
+def node_of(deployment: dict) -> str:
+    """The llmux node (base URL) a deployment of LiteLLM's ``model_list`` points at."""
+    node = (deployment.get("model_info") or {}).get("llmux_node")
+    if node:
+        return str(node).rstrip("/")
+    base = str(deployment["litellm_params"].get("api_base") or "").rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def model_of(deployment: dict) -> str:
+    """The model's name on its llmux node."""
+    explicit = (deployment.get("model_info") or {}).get("llmux_model")
+    if explicit:
+        return str(explicit)
+    name = str(deployment["litellm_params"]["model"])
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+class NodeStates:
+    """The latest ``GET /llmux/state`` of every node, polled in the background.
+
+    ``get(node)`` is the body, or None when the node has not answered within
+    ``max_age`` seconds.
+    """
+
+    def __init__(self, poll_secs: float, max_age: float, clock=time.monotonic):
+        self.poll_secs = poll_secs
+        self.max_age = max_age
+        self.clock = clock
+        self.nodes: dict[str, str | None] = {}  # node -> the API key to poll it with
+        self._latest: dict[str, tuple[float, dict]] = {}
+
+    def get(self, node: str) -> dict | None:
+        seen = self._latest.get(node)
+        if seen is None or self.clock() - seen[0] > self.max_age:
+            return None
+        return seen[1]
+
+    def learn(self, deployments: list[dict]) -> None:
+        """Poll the nodes of these deployments from now on."""
+        for deployment in deployments:
+            key = deployment["litellm_params"].get("api_key")
+            self.nodes.setdefault(node_of(deployment), key if isinstance(key, str) else None)
+
+    async def poll_forever(self) -> None:
+        # the user agent names this poller in the nodes' access logs
+        agent = {"User-Agent": f"llmux-litellm (pid {os.getpid()})"}
+        async with httpx.AsyncClient(timeout=min(self.poll_secs, 2.0), headers=agent) as client:
+            while True:
+                started = self.clock()
+                await asyncio.gather(*(self._poll(client, n) for n in list(self.nodes)))
+                await asyncio.sleep(max(self.poll_secs - (self.clock() - started), 0.05))
+
+    async def _poll(self, client: httpx.AsyncClient, node: str) -> None:
+        key = self.nodes.get(node)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            response = await client.get(node + "/llmux/state", headers=headers)
+            response.raise_for_status()
+            self._latest[node] = (self.clock(), response.json())
+        except (httpx.HTTPError, ValueError) as exc:  # skipped until it answers again
+            log.debug("llmux node %s: %s", node, exc)
+
+
+class LlmuxRoutingStrategy(CustomRoutingStrategyBase):
+    """LiteLLM's selection for a model group, replaced by :func:`placement.choose`."""
+
+    def __init__(self, router: Router, states: NodeStates, spill_factor: float):
+        self.router = router
+        self.states = states
+        self.spill_factor = spill_factor
+
+    async def async_get_available_deployment(
+        self, model, messages=None, input=None, specific_deployment=False, request_kwargs=None
+    ):
+        kwargs = request_kwargs if request_kwargs is not None else {}
+        healthy = await self.router.async_get_healthy_deployments(
+            model=model,
+            request_kwargs=kwargs,
+            messages=messages,
+            input=input,
+            specific_deployment=specific_deployment,
+        )
+        if isinstance(healthy, dict):  # a deployment asked for by id
+            return healthy
+        return self._pick(healthy, kwargs)
+
+    def get_available_deployment(
+        self, model, messages=None, input=None, specific_deployment=False, request_kwargs=None
+    ):
+        # the proxy routes through the async method; the SDK's sync calls get the same
+        # choice among the group's deployments (LiteLLM has no public sync health filter)
+        deployments = self.router.get_model_list(model_name=model) or []
+        return self._pick(deployments, request_kwargs or {})
+
+    def _pick(self, deployments: list[dict], kwargs: dict) -> dict:
+        if not deployments:
+            raise ValueError("no deployment to choose from")
+        self.states.learn(deployments)
+        tried = _tried(self.router, kwargs)
+        left = [d for d in deployments if (d.get("model_info") or {}).get("id") not in tried]
+        deployments = left or deployments
+        by_node = {node_of(d): d for d in deployments}
+        model = model_of(deployments[0])
+        node = choose(
+            model, list(by_node), {n: self.states.get(n) for n in by_node}, self.spill_factor
+        )
+        return by_node[node]
+
+
+def _tried(router: Router, kwargs: dict) -> set:
+    """Ids of the deployments this request already failed on (LiteLLM's retries)."""
+    key = router._get_metadata_variable_name_from_kwargs(kwargs)  # noqa: SLF001 - no public way
+    previous = (kwargs.get(key) or {}).get("previous_models") or []
+    return {p.get("deployment_id") for p in previous if isinstance(p, dict)}
+
+
+class LlmuxProxyHandler(CustomLogger):
+    """Installs :class:`LlmuxRoutingStrategy` on the LiteLLM proxy's router and runs the
+    poller; named in the proxy's ``litellm_settings.callbacks``."""
+
+    def __init__(self):
+        super().__init__()
+        self.states = NodeStates(
+            _setting("LLMUX_LITELLM_POLL_SECS", 1.0), _setting("LLMUX_LITELLM_MAX_AGE_SECS", 5.0)
+        )
+        self.spill_factor = _setting("LLMUX_LITELLM_SPILL_FACTOR", 2.0)
+        self._tasks: list[asyncio.Task] = []
+        try:  # the proxy imports callbacks inside its async start-up
+            self._start(asyncio.get_running_loop())
+        except RuntimeError:  # no loop yet: started with the first request
+            pass
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._tasks:
+            self._tasks = [
+                loop.create_task(self.states.poll_forever()),
+                loop.create_task(self._keep_installed()),
+            ]
+
+    def ensure_installed(self) -> None:
+        """Install the strategy on the proxy's router, if it exists and lacks it."""
+        proxy = sys.modules.get("litellm.proxy.proxy_server")
+        router = getattr(proxy, "llm_router", None)
+        if router is None:
+            return
+        current = router.__dict__.get("async_get_available_deployment")
+        if isinstance(getattr(current, "__self__", None), LlmuxRoutingStrategy):
+            return
+        router.set_custom_routing_strategy(
+            LlmuxRoutingStrategy(router, self.states, self.spill_factor)
+        )
+        self.states.learn(router.model_list)
+        log.info("llmux routing installed for %d deployments", len(router.model_list))
+
+    async def _keep_installed(self) -> None:
+        while True:  # a router rebuilt from the database drops a custom strategy
+            self.ensure_installed()
+            await asyncio.sleep(1.0)
+
+    async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+        self._start(asyncio.get_running_loop())
+        self.ensure_installed()
+        return data
+
+
+proxy_handler_instance = LlmuxProxyHandler()

@@ -1,0 +1,87 @@
+"""Placing a request on an llmux node (llmux.integrations.placement), from nodes' states."""
+
+import pytest
+
+from llmux.integrations.placement import choose, home, rendezvous
+
+NODES = ["http://a:3000", "http://b:3000", "http://c:3000"]
+
+
+def node_state(**models) -> dict:
+    """A GET /llmux/state body; each model given as (state, in_flight, queued, wait)."""
+    return {
+        "node": "n",
+        "models": {
+            m: {
+                "state": s,
+                "in_flight": f,
+                "queued": q,
+                "oldest_wait_secs": 0.0,
+                "estimated_wait_secs": w,
+            }
+            for m, (s, f, q, w) in models.items()
+        },
+    }
+
+
+def asleep(wait=10.0):
+    return ("asleep", 0, 0, wait)
+
+
+def test_the_node_where_it_is_awake_and_least_loaded():
+    states = {
+        NODES[0]: node_state(qwen=("awake", 5, 2, 0.0)),
+        NODES[1]: node_state(qwen=("awake", 1, 0, 0.0)),
+        NODES[2]: node_state(qwen=asleep()),
+    }
+    assert choose("qwen", NODES, states) == NODES[1]
+
+
+def test_else_where_it_is_waking_soonest():
+    states = {
+        NODES[0]: node_state(qwen=("waking", 0, 3, 8.0)),
+        NODES[1]: node_state(qwen=("waking", 0, 1, 2.0)),
+        NODES[2]: node_state(qwen=asleep(1.0)),
+    }
+    assert choose("qwen", NODES, states) == NODES[1]
+
+
+def test_asleep_everywhere_goes_home_the_same_from_any_router_in_any_order():
+    states = {n: node_state(qwen=asleep(10.0)) for n in NODES}
+    first = home("qwen", NODES)
+    assert choose("qwen", NODES, states) == first
+    assert choose("qwen", list(reversed(NODES)), states) == first
+    # different models spread over the nodes
+    homes = {home(f"model-{i}", NODES) for i in range(30)}
+    assert homes == set(NODES)
+
+
+def test_a_busy_home_spills_only_past_the_factor():
+    first = home("qwen", NODES)
+    other = next(n for n in NODES if n != first)
+    states = {n: node_state(qwen=asleep(10.0)) for n in NODES}
+    states[first] = node_state(qwen=asleep(19.0))  # 1.9x the best: stays home
+    assert choose("qwen", NODES, states, spill_factor=2.0) == first
+    states[first] = node_state(qwen=asleep(25.0))  # 2.5x: spills to the best
+    assert choose("qwen", NODES, states, spill_factor=2.0) != first
+    states[first] = node_state(qwen=asleep(None))  # unknown at home, known elsewhere
+    assert choose("qwen", NODES, states) != first
+    assert choose("qwen", [other], states) == other
+
+
+def test_unknown_nodes_are_skipped_and_with_none_known_the_hash_decides():
+    first = home("qwen", NODES)
+    states = {n: None for n in NODES}
+    assert choose("qwen", NODES, states) == first
+    known = next(n for n in NODES if n != first)
+    states[known] = node_state(qwen=asleep(10.0))
+    assert choose("qwen", NODES, states) == known  # the only node that answered
+    states[known] = node_state(other=asleep(1.0))  # answered, but has no such model
+    assert choose("qwen", NODES, states) == first
+    with pytest.raises(ValueError):
+        choose("qwen", [], states)
+
+
+def test_the_hash_is_stable():
+    assert rendezvous("qwen", NODES[0]) == rendezvous("qwen", NODES[0])
+    assert rendezvous("qwen", NODES[0]) != rendezvous("qwen", NODES[1])
