@@ -39,6 +39,18 @@ class Log:
         self.seq.setdefault(worker, 0)
         return self.add(t, MASTER, "gunicorn.error", message=f"Booting worker with pid: {worker}")
 
+    def hook_failed(self, t, model, hook, stderr, exit_code=1):
+        return self.add(
+            t,
+            event="hook_failed",
+            model=model,
+            hook=hook,
+            exit_code=exit_code,
+            timed_out=False,
+            duration_secs=0.1,
+            stderr=stderr,
+        )
+
     def state(self, t, model, state, **kw):
         return self.add(t, event="model_state_changed", model=model, state=state, **kw)
 
@@ -170,16 +182,7 @@ def test_a_log_that_starts_mid_run_has_unknown_states_and_unnumbered_lines_are_f
 def test_text_json_and_html_outputs(tmp_path: Path):
     log = Log().boot(0)
     a_switch(log, 0.0, "idle", "a")
-    log.add(
-        1.5,
-        event="hook_failed",
-        model="b",
-        hook="wake",
-        exit_code=3,
-        timed_out=False,
-        duration_secs=0.1,
-        stderr="<b>no GPU</b>\n",
-    )
+    log.hook_failed(1.5, "b", "wake", "<b>no GPU</b>\n", exit_code=3)
     path = tmp_path / "llmux.log"
     path.write_text(log.text())
     story = reconstruct(read_logs([path]))
@@ -294,15 +297,7 @@ def test_what_cannot_be_shown_is_a_clear_error(tmp_path: Path):
 def test_the_terminal_gets_no_control_characters_and_narrow_charts_still_read():
     log = Log().boot(0)
     a_switch(log, 0.0, "idle", "a")
-    log.add(
-        2.0,
-        event="hook_failed",
-        model="a",
-        hook="sleep",
-        exit_code=1,
-        duration_secs=0.1,
-        stderr="progress 50%\rdone\x1b[2J\n",
-    )
+    log.hook_failed(2.0, "a", "sleep", "progress 50%\rdone\x1b[2J\n")
     chart = text(story_of(log), width=20)
     assert "\r" not in chart and "\x1b" not in chart
     assert ": done\\x1b[2J" in chart  # its last line, escaped
