@@ -5,10 +5,12 @@ Install (in the LiteLLM proxy's own virtualenv: ``pip install "llmux-proxy[litel
 and name it in the proxy's ``config.yaml``::
 
     model_list:
-      - model_name: qwen                 # one deployment per llmux node
+      - model_name: qwen                 # one deployment per llmux node, marked as llmux's
         litellm_params: {model: openai/qwen, api_base: "http://gpu-a:3000/v1", api_key: KEY}
+        model_info: {llmux: true}
       - model_name: qwen
         litellm_params: {model: openai/qwen, api_base: "http://gpu-b:3000/v1", api_key: KEY}
+        model_info: {llmux: true}
     litellm_settings:
       callbacks: ["llmux.integrations.litellm.proxy_handler_instance"]
 
@@ -20,7 +22,9 @@ every second and before each request, in case the router is rebuilt) and polls e
 node's ``GET /llmux/state`` in the background (never inside a request). The strategy
 picks among what LiteLLM's ``async_get_healthy_deployments`` leaves, so cooldowns,
 health checks and LiteLLM's retries still apply; a retry avoids the nodes that already
-failed the request.
+failed the request. Only deployments marked ``model_info.llmux: true`` (or with an
+``llmux_node``) are llmux's: other model groups keep LiteLLM's own selection, and
+their endpoints are never polled.
 
 Which node a deployment is: ``model_info.llmux_node`` (a base URL such as
 ``http://gpu-a:3000``), else its ``api_base`` without a trailing ``/v1``; its model on
@@ -54,6 +58,13 @@ def _setting(name: str, default: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be above 0, got {value}")
     return value
+
+
+def is_llmux(deployment: dict) -> bool:
+    """Whether a deployment is an llmux node's: ``model_info.llmux: true`` or an
+    ``llmux_node``. Other deployments (other providers) keep LiteLLM's own selection."""
+    info = deployment.get("model_info") or {}
+    return bool(info.get("llmux") or info.get("llmux_node"))
 
 
 def node_of(deployment: dict) -> str:
@@ -115,9 +126,29 @@ class NodeStates:
         try:
             response = await client.get(node + "/llmux/state", headers=headers)
             response.raise_for_status()
-            self._latest[node] = (self.clock(), response.json())
-        except (httpx.HTTPError, ValueError) as exc:  # skipped until it answers again
+            body = response.json()
+            if not _valid(body):
+                raise ValueError("not an llmux /llmux/state answer")
+            self._latest[node] = (self.clock(), body)
+        except Exception as exc:  # noqa: BLE001 - one bad node never stops the poll of others
             log.debug("llmux node %s: %s", node, exc)
+
+
+def _valid(body) -> bool:
+    """Whether ``body`` has the shape of ``GET /llmux/state``'s answer."""
+    models = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(models, dict):
+        return False
+    for entry in models.values():
+        if not isinstance(entry, dict) or not isinstance(entry.get("state"), str):
+            return False
+        numbers = [entry.get("in_flight"), entry.get("queued")]
+        if not all(isinstance(n, int | float) for n in numbers):
+            return False
+        wait = entry.get("estimated_wait_secs")
+        if wait is not None and not isinstance(wait, int | float):
+            return False
+    return True
 
 
 class LlmuxRoutingStrategy(CustomRoutingStrategyBase):
@@ -132,38 +163,54 @@ class LlmuxRoutingStrategy(CustomRoutingStrategyBase):
         self, model, messages=None, input=None, specific_deployment=False, request_kwargs=None
     ):
         kwargs = request_kwargs if request_kwargs is not None else {}
-        healthy = await self.router.async_get_healthy_deployments(
-            model=model,
-            request_kwargs=kwargs,
-            messages=messages,
-            input=input,
-            specific_deployment=specific_deployment,
-        )
-        if isinstance(healthy, dict):  # a deployment asked for by id
-            return healthy
-        return self._pick(healthy, kwargs)
+        asked = {
+            "model": model,
+            "messages": messages,
+            "input": input,
+            "specific_deployment": specific_deployment,
+            "request_kwargs": kwargs,
+        }
+        if any(is_llmux(d) for d in self.router.get_model_list(model_name=model) or []):
+            healthy = await self.router.async_get_healthy_deployments(**asked)
+            if isinstance(healthy, dict):  # a deployment asked for by id
+                return healthy
+            ours = [d for d in healthy if is_llmux(d)]
+            if ours:
+                return self._pick(model, ours, kwargs)
+        # not an llmux group, or no llmux node of it is healthy: LiteLLM's own selection
+        return await Router.async_get_available_deployment(self.router, **asked)
 
     def get_available_deployment(
         self, model, messages=None, input=None, specific_deployment=False, request_kwargs=None
     ):
         # the proxy routes through the async method; the SDK's sync calls get the same
-        # choice among the group's deployments (LiteLLM has no public sync health filter)
-        deployments = self.router.get_model_list(model_name=model) or []
-        return self._pick(deployments, request_kwargs or {})
+        # choice among the group's llmux deployments (LiteLLM has no public sync health
+        # filter), anything else LiteLLM's own
+        kwargs = request_kwargs if request_kwargs is not None else {}
+        ours = [d for d in self.router.get_model_list(model_name=model) or [] if is_llmux(d)]
+        if ours:
+            return self._pick(model, ours, kwargs)
+        return Router.get_available_deployment(
+            self.router,
+            model=model,
+            messages=messages,
+            input=input,
+            specific_deployment=specific_deployment,
+            request_kwargs=kwargs,
+        )
 
-    def _pick(self, deployments: list[dict], kwargs: dict) -> dict:
-        if not deployments:
-            raise ValueError("no deployment to choose from")
+    def _pick(self, model: str, deployments: list[dict], kwargs: dict) -> dict:
         self.states.learn(deployments)
         tried = _tried(self.router, kwargs)
         left = [d for d in deployments if (d.get("model_info") or {}).get("id") not in tried]
-        deployments = left or deployments
-        by_node = {node_of(d): d for d in deployments}
-        model = model_of(deployments[0])
-        node = choose(
-            model, list(by_node), {n: self.states.get(n) for n in by_node}, self.spill_factor
-        )
-        return by_node[node]
+        by_node = {node_of(d): d for d in left or deployments}
+        # each node's state under the group's name, whatever the model is called there
+        views = {}
+        for node, deployment in by_node.items():
+            state = self.states.get(node)
+            entry = state["models"].get(model_of(deployment)) if state else None
+            views[node] = {"models": {model: entry}} if entry is not None else None
+        return by_node[choose(model, list(by_node), views, self.spill_factor)]
 
 
 def _tried(router: Router, kwargs: dict) -> set:
@@ -190,6 +237,10 @@ class LlmuxProxyHandler(CustomLogger):
             pass
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if any(task.done() for task in self._tasks):  # one ended (it should not): afresh
+            for task in self._tasks:
+                task.cancel()
+            self._tasks = []
         if not self._tasks:
             self._tasks = [
                 loop.create_task(self.states.poll_forever()),
@@ -208,12 +259,16 @@ class LlmuxProxyHandler(CustomLogger):
         router.set_custom_routing_strategy(
             LlmuxRoutingStrategy(router, self.states, self.spill_factor)
         )
-        self.states.learn(router.model_list)
-        log.info("llmux routing installed for %d deployments", len(router.model_list))
+        ours = [d for d in router.model_list if is_llmux(d)]
+        self.states.learn(ours)
+        log.info("llmux routing installed for %d llmux deployments", len(ours))
 
     async def _keep_installed(self) -> None:
         while True:  # a router rebuilt from the database drops a custom strategy
-            self.ensure_installed()
+            try:
+                self.ensure_installed()
+            except Exception:  # noqa: BLE001 - tried again in a second, and per request
+                log.exception("installing llmux routing failed")
             await asyncio.sleep(1.0)
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):

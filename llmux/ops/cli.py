@@ -15,6 +15,7 @@ only inside the worker, through :class:`llmux.ops.server.LlmuxServer`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -69,6 +70,12 @@ def serve(config_file, port, host, verbose, log_format, log_file, gunicorn_confi
     except ConfigError as exc:
         _print_problems(exc)
         sys.exit(1)
+    if log_file is not None:
+        directory = os.path.dirname(os.path.abspath(log_file))
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise click.UsageError(
+                f"--log-file {log_file}: {directory} is not a writable directory"
+            )
     if gunicorn_config is None and os.path.exists("gunicorn.conf.py"):
         gunicorn_config = "gunicorn.conf.py"
     elif gunicorn_config is not None and not os.path.exists(gunicorn_config):
@@ -271,8 +278,15 @@ def timeline(logfiles, as_json, html_file, list_requests, width, since, until):
     window = [_utc_seconds(name, value) for name, value in (("since", since), ("until", until))]
     if None not in window and window[0] > window[1]:
         raise click.BadParameter("--since is later than --until", param_hint="--since")
+    paths = logfiles or ["-"]
+    stdin = None
+    if "-" in paths:
+        if sys.stdin.isatty():
+            raise click.UsageError("give log files, or pipe the lines in (journalctl -o cat ...)")
+        # bytes that are not UTF-8 (a .gz piped without zcat) are replaced, never a traceback
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
     try:
-        whole = reconstruct(read_logs(logfiles or ["-"], stdin=sys.stdin), *window)
+        whole = reconstruct(read_logs(paths, stdin=stdin), *window)
     except OSError as exc:
         raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
     if whole.start is None:  # not one llmux JSON line: say why, never an empty chart

@@ -181,6 +181,7 @@ class Metrics(Observer):
         first as 1 would never fire an alert. For switches that is every (from, to)
         pair, ``idle`` included: 3·n² series for n models.
         """
+        models = list(models)
         added = [m for m in models if m not in self.models]
         for model in models:
             self.models.add(model)

@@ -61,9 +61,9 @@ class Lines:
 def read_logs(paths: Iterable[str | Path], stdin: IO[str] | None = None) -> Lines:
     """Open ``paths`` (``-``: ``stdin``) for reading in write order.
 
-    Raises OSError for a file that cannot be opened (at once, before any record), and
-    ValueError for ``-`` without ``stdin``. A file that turns out unreadable (not
-    gzip after all, truncated) and a line that is not a JSON object with a parsable
+    Raises OSError for a file that does not exist (at once, before any record), and
+    ValueError for ``-`` without ``stdin``. A file that cannot be read (no permission,
+    not gzip after all, truncated) and a line that is not a JSON object with a parsable
     ``timestamp`` are gaps, not errors. Standard input may be several files one after
     another in any order (``zcat -f llmux.log* |``): it is cut where time goes back and
     the pieces, kept in temporary files, are read in write order too.
@@ -99,29 +99,61 @@ BACKWARDS_SECS = 1.0
 
 
 def _pieces(stream: IO[str]) -> list[tuple[float, str, Iterator[str]]]:
-    """``stream`` cut where its time goes back, each piece spooled to a temporary file."""
+    """``stream`` cut where another file begins, each piece spooled to a temporary file.
+
+    A file begins where time goes back, or where a process's line numbers do not
+    follow on (a shell glob puts ``llmux.log.14.gz`` before ``llmux.log.2.gz``: time
+    goes forward there, but the numbers jump); gunicorn starting again restarts them.
+    """
     pieces = []
-    current, head, latest = None, float("-inf"), float("-inf")
+    current, head, latest = None, None, float("-inf")
+    numbers: dict[int, int] = {}  # pid -> its last seq in this piece
     for line in stream:
         record = _parse(line)
         if record is not None:
-            if current is not None and record["_t"] < latest - BACKWARDS_SECS:
+            if current is not None and head is not None and _begins(record, latest, numbers):
                 pieces.append((head, current))
-                current = None
-            if current is None:
+                current, head, numbers = None, None, {}
+            _restarts(record, numbers)
+            if head is None:
                 head = latest = record["_t"]
             latest = max(latest, record["_t"])
+            pid, seq = record.get("pid"), record.get("seq")
+            if isinstance(pid, int) and isinstance(seq, int):
+                numbers[pid] = seq
         if current is None:
-            current = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+            current = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         current.write(line if line.endswith("\n") else line + "\n")
     if current is not None:
-        pieces.append((head, current))
+        pieces.append((float("-inf") if head is None else head, current))
     named = []
     for number, (first, spool) in enumerate(pieces, 1):
         spool.seek(0)
         name = "<stdin>" if len(pieces) == 1 else f"<stdin, part {number}>"
         named.append((first, name, _spooled(spool)))
     return named
+
+
+def _begins(record: dict, latest: float, numbers: dict[int, int]) -> bool:
+    """Whether ``record`` starts another file: time goes back, or its numbers jump."""
+    if record["_t"] < latest - BACKWARDS_SECS:
+        return True
+    pid, seq = record.get("pid"), record.get("seq")
+    return isinstance(seq, int) and pid in numbers and seq != numbers[pid] + 1
+
+
+def _restarts(record: dict, numbers: dict) -> None:
+    """gunicorn starting (again): its processes number their lines from 1, maybe with
+    the pids of the last run (a container's pids repeat)."""
+    if record.get("logger") != "gunicorn.error" or not isinstance(record.get("message"), str):
+        return
+    message = record["message"]
+    if message.startswith("Starting gunicorn"):
+        numbers.clear()
+    elif message.startswith("Booting worker with pid: "):
+        worker = message.rsplit(" ", 1)[-1]
+        if worker.isdigit():
+            numbers.pop(int(worker), None)
 
 
 def _spooled(spool: IO[str]) -> Iterator[str]:
@@ -183,6 +215,7 @@ def _records(lines: Lines, sources) -> Iterator[dict]:
                 continue
             at = record["_t"]
             record["_where"] = f"{name}:{number}"
+            _restarts(record, last)
             pid, seq = record.get("pid"), record.get("seq")
             if isinstance(pid, int) and isinstance(seq, int):
                 lines.numbered = True

@@ -107,7 +107,10 @@ def clock(t: float | None, date: bool = False) -> str:
     """``t`` (Unix seconds) as UTC wall time, to the millisecond."""
     if t is None:
         return "?"
-    stamp = datetime.fromtimestamp(t, UTC)
+    try:
+        stamp = datetime.fromtimestamp(t, UTC)
+    except (ValueError, OverflowError, OSError):  # a timestamp no clock shows
+        return f"{t:.3f}"
     return stamp.strftime("%Y-%m-%d %H:%M:%S.%f" if date else "%H:%M:%S.%f")[:-3]
 
 

@@ -98,6 +98,19 @@ class Story:
         }
 
 
+def _text(r: dict, key: str, default: str | None = "") -> str | None:
+    """Field ``key`` of record ``r``, which must be a string (or absent: ``default``)."""
+    value = r.get(key, default)
+    if value is not default and not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
+
+
+def _phases(r: dict) -> dict[str, float]:
+    """A switch's phases, name -> seconds; TypeError/ValueError/AttributeError if not."""
+    return {str(name): float(secs) for name, secs in (r.get("phases") or {}).items()}
+
+
 def reconstruct(lines: Lines, since: float | None = None, until: float | None = None) -> Story:
     """Rebuild a :class:`Story` from records in write order (:func:`read_logs`), one at a
     time. Requests that end before ``since`` or begin after ``until`` (Unix seconds) are
@@ -126,13 +139,26 @@ class _Builder:
         self.story.gaps.append(Gap(at, kind, detail))
 
     def feed(self, r: dict) -> None:
+        """Take one record; one of a shape llmux never writes (another program's JSON,
+        a field of the wrong type) is a gap, not an error."""
+        try:
+            self._feed(r)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.gap(r["_t"], "unparsable", f"{r['_where']}: not an llmux record ({exc!r})")
+
+    def _feed(self, r: dict) -> None:
         t = r["_t"]
+        logger, message = r.get("logger", ""), r.get("message", "")
+        if not isinstance(logger, str) or not isinstance(message, str):
+            raise TypeError("logger and message must be strings")
         if self.story.start is None:
             self.story.start = t
         self.story.end = t
-        logger, message = r.get("logger", ""), r.get("message", "")
         if logger == "gunicorn.error" and message.startswith("Booting worker"):
             self.restart(t, "worker started" if not self.started else "worker restarted")
+            worker = message.rsplit(" ", 1)[-1]
+            if worker.isdigit():  # a container's pids repeat from run to run
+                self.retired.discard(int(worker))
             return
         if logger == "gunicorn.error" and message.startswith("Shutting down: Master"):
             self.stopped(t)
@@ -197,14 +223,17 @@ class _Builder:
 
     def on_model_state_changed(self, r, t):
         if r.get("state") in set(ModelState):
-            self.set_state(r["model"], r["state"], t)
+            model = _text(r, "model", None)
+            if not model:
+                raise KeyError("model")
+            self.set_state(model, r["state"], t)
 
     # --- switches and sleeps, as /llmux/status's timeline has them ---
 
     def on_switch_started(self, r, t):
         if self.switch is not None:
             self.no_end_switch(t)
-        self.switch = {"from": r.get("from", IDLE), "to": r.get("to"), "seen_at": t}
+        self.switch = {"from": _text(r, "from", IDLE), "to": _text(r, "to"), "seen_at": t}
 
     def on_switch_retargeted(self, r, t):
         if self.switch is None:
@@ -213,10 +242,10 @@ class _Builder:
             )
             return
         self.switch.setdefault("retargeted_from", []).append(self.switch["to"])
-        self.switch["to"] = r.get("new_to")
+        self.switch["to"] = _text(r, "new_to")
 
     def end_switch(self, r, t, to: str, result: str, error: str, phases: dict) -> None:
-        source = r.get("from", IDLE)
+        source = _text(r, "from", IDLE)
         opened = self.switch
         if opened is None:
             self.gap(t, "missing_event", f"a switch to {to} ended with no switch_started")
@@ -242,13 +271,13 @@ class _Builder:
         self.switch = None
 
     def on_model_activated(self, r, t):
-        self.end_switch(r, t, r.get("model"), "success", "", r.get("phases", {}))
+        self.end_switch(r, t, _text(r, "model"), "success", "", _phases(r))
 
     def on_switch_failed(self, r, t):
-        self.end_switch(r, t, r.get("model"), "failure", r.get("error", ""), r.get("phases", {}))
+        self.end_switch(r, t, _text(r, "model"), "failure", _text(r, "error"), _phases(r))
 
     def on_switch_abandoned(self, r, t):
-        self.end_switch(r, t, r.get("to"), "abandoned", r.get("reason", ""), {})
+        self.end_switch(r, t, _text(r, "to"), "abandoned", _text(r, "reason"), {})
 
     def no_end_switch(self, t: float) -> None:
         s = self.switch
@@ -260,14 +289,14 @@ class _Builder:
         self.story.sleeps.append(
             {
                 "kind": "sleep",
-                "from": r.get("model"),
+                "from": _text(r, "model"),
                 "to": None,
                 "ok": ok,
                 "error": error,
                 "started_at": t - seconds,
                 "finished_at": t,
                 "duration_secs": seconds,
-                "reason": r.get("reason"),
+                "reason": _text(r, "reason"),
             }
         )
 
@@ -275,15 +304,15 @@ class _Builder:
         self.sleep(r, t, True, "")
 
     def on_model_sleep_failed(self, r, t):
-        self.sleep(r, t, False, r.get("error", ""))
+        self.sleep(r, t, False, _text(r, "error"))
 
     # --- hooks ---
 
     def hook(self, r, t, result: str) -> None:
         seconds = float(r.get("duration_secs", 0.0))
         entry = {
-            "model": r.get("model"),
-            "hook": r.get("hook"),
+            "model": _text(r, "model"),
+            "hook": _text(r, "hook"),
             "result": result,
             "started_at": t - seconds,
             "finished_at": t,
@@ -293,7 +322,7 @@ class _Builder:
             entry.update(
                 exit_code=r.get("exit_code"),
                 timed_out=r.get("timed_out", False),
-                stderr=r.get("stderr", ""),
+                stderr=_text(r, "stderr"),
             )
         self.story.hooks.append(entry)
 
@@ -313,7 +342,7 @@ class _Builder:
         if not isinstance(rid, str):
             return None
         if rid not in self.requests:
-            self.requests[rid] = {"request_id": rid, "model": r.get("model"), "first_at": t}
+            self.requests[rid] = {"request_id": rid, "model": _text(r, "model"), "first_at": t}
         return self.requests[rid]
 
     def on_request_queued(self, r, t):
@@ -330,7 +359,7 @@ class _Builder:
     def on_request_dequeued(self, r, t):
         entry = self.request(r, t)
         if entry is not None:
-            entry["left_queue"] = r.get("reason")
+            entry["left_queue"] = _text(r, "reason")
 
     def on_request_timeout(self, r, t):
         self.request(r, t)

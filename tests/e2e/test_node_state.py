@@ -30,11 +30,8 @@ def test_state_follows_a_switch_and_matches_models_and_metrics(llmux_factory):
     server = llmux_factory(
         models=("a", "b"), api_keys=[KEY], admin={"token": "admin-secret"}, node_name="gpu-node-1"
     )
-    # the router's key opens it; no key, a wrong key, or the admin token alone do not
-    assert requests.get(server.url + "/llmux/state", timeout=5).status_code == 401
-    assert state(server, "nope").status_code == 401
-    assert state(server, "admin-secret").status_code == 401
-    r = state(server)
+    # open like /v1/models, api_keys or not; no admin token needed
+    r = requests.get(server.url + "/llmux/state", timeout=5)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     body = r.json()
     assert body["node"] == "gpu-node-1" and abs(body["time"] - time.time()) < 60

@@ -59,9 +59,20 @@ class LiteLLM:
                         "api_base": node.url + "/v1",
                         "api_key": KEY,
                     },
+                    "model_info": {"llmux": True},
                 }
                 for node in nodes
                 for model in models
+            ]
+            + [  # a group that is not llmux's: LiteLLM's own selection, never polled
+                {
+                    "model_name": "direct",
+                    "litellm_params": {
+                        "model": "openai/a",
+                        "api_base": nodes[-1].url + "/v1",
+                        "api_key": KEY,
+                    },
+                }
             ],
             "litellm_settings": {
                 "telemetry": False,
@@ -203,9 +214,11 @@ def test_a_dead_node_is_routed_around(llmux_factory, litellm):
     wait_for(lambda: polled_by(node_a, proxy) and polled_by(node_b, proxy), 30)
     assert proxy.chat("a")
     assert served(node_a, "a") == 2 and served(node_b, "a") == 0
+    assert proxy.chat("direct")  # the group LiteLLM routes itself: to node B, waking a there
+    assert served(node_b, "a") == 1
     assert node_a.terminate() == 0  # node A goes away
-    # its state goes stale within LLMUX_LITELLM_MAX_AGE_SECS: a is woken on B instead
+    # its state goes stale within LLMUX_LITELLM_MAX_AGE_SECS: a goes to B instead
     for _ in range(3):
         assert proxy.chat("a")
-    assert served(node_b, "a") == 3
+    assert served(node_b, "a") == 1 + 3
     assert state(node_b, "a") == "awake"

@@ -302,3 +302,70 @@ def test_the_terminal_gets_no_control_characters_and_narrow_charts_still_read():
     assert "\r" not in chart and "\x1b" not in chart
     assert ": done\\x1b[2J" in chart  # its last line, escaped
     assert "|" + " " * 20 + "|" in chart  # no overlapping times on a narrow chart
+
+
+def test_a_glob_of_many_rotated_files_piped_in_is_read_in_write_order():
+    log = Log().boot(0)
+    for i in range(13):
+        a_switch(log, 5.0 * i, "idle" if i == 0 else "ab"[(i + 1) % 2], "ab"[i % 2])
+    size = len(log.lines) // 13 + 1
+    files = [log.lines[i : i + size] for i in range(0, len(log.lines), size)]  # oldest first
+    numbered = {len(files) - k: chunk for k, chunk in enumerate(files)}  # .1 is the newest
+    # what `zcat -f llmux.log*` gives: llmux.log.1, .10, .11, .12, .13, .2, .3, ...
+    order = sorted(numbered, key=lambda n: f"llmux.log.{n}")
+    piped = "".join("\n".join(numbered[n]) + "\n" for n in order)
+    story = reconstruct(read_logs(["-"], stdin=io.StringIO(piped)))
+    assert story.gaps == []
+    assert len(story.switches) == 13
+    assert [s["to"] for s in story.switches] == ["ab"[i % 2] for i in range(13)]
+
+
+def test_odd_input_on_stdin_is_read_or_named_never_a_traceback():
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    later = Log()
+    later.seq = dict(log.seq)
+    a_switch(later, 10.0, "a", "b")
+    runner = CliRunner()
+    # the newest piece first, with a stray line before it
+    piped = "stray text\n" + later.text() + log.text()
+    result = runner.invoke(main, ["timeline", "--json"], input=piped)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [(s["from"], s["to"]) for s in data["switches"]] == [("idle", "a"), ("a", "b")]
+    assert [g["kind"] for g in data["gaps"]] == ["unparsable"]
+    # bytes that are not UTF-8 (a .gz piped without zcat)
+    result = runner.invoke(main, ["timeline"], input=gzip.compress(log.text().encode()))
+    assert result.exit_code == 1 and "no llmux JSON log lines read" in result.output
+
+
+def test_records_of_a_shape_llmux_never_writes_are_gaps():
+    log = Log().boot(0)
+    a_switch(log, 0.0, "idle", "a")
+    odd = [
+        {"logger": None},
+        {"event": "model_state_changed", "state": "awake"},  # no model
+        {"event": "hook_completed", "model": "a", "hook": "wake", "duration_secs": None},
+        {"event": "model_activated", "model": 5, "duration_secs": 1.0},
+        {"event": "switch_failed", "model": "a", "phases": [1], "duration_secs": 1.0},
+        {"event": "hook_failed", "model": "a", "hook": "wake", "duration_secs": 1, "stderr": 5},
+    ]
+    for i, fields in enumerate(odd):
+        log.add(2.0 + i, **fields)
+    story = story_of(log)
+    gaps = [g for g in story.gaps if g.kind == "unparsable"]
+    assert len(gaps) == len(odd), [g.detail for g in story.gaps]
+    assert text(story) and html_page(story)  # and they render
+
+
+def test_pids_repeating_after_a_restart_are_no_lost_lines():
+    first = Log().boot(0)
+    a_switch(first, 0.0, "idle", "a")
+    first.add(5.0, MASTER, "gunicorn.error", message="Shutting down: Master")
+    second = Log()  # a container: the same pids, numbered from 1 again
+    second.add(9.0, MASTER, "gunicorn.error", message="Starting gunicorn 27.0.1")
+    second.boot(10.0)
+    a_switch(second, 10.0, "idle", "a")
+    story = reconstruct(read_logs(["-"], stdin=io.StringIO(first.text() + second.text())))
+    assert [g.kind for g in story.gaps] == ["stopped", "restart"]
+    assert len(story.switches) == 2
