@@ -114,7 +114,7 @@ class NodeStates:
     async def poll_forever(self) -> None:
         # the user agent names this poller in the nodes' access logs
         agent = {"User-Agent": f"llmux-litellm (pid {os.getpid()})"}
-        async with httpx.AsyncClient(timeout=min(self.poll_secs, 2.0), headers=agent) as client:
+        async with httpx.AsyncClient(timeout=2.0, headers=agent) as client:
             while True:
                 started = self.clock()
                 await asyncio.gather(*(self._poll(client, n) for n in list(self.nodes)))
@@ -209,7 +209,10 @@ class LlmuxRoutingStrategy(CustomRoutingStrategyBase):
         for node, deployment in by_node.items():
             state = self.states.get(node)
             entry = state["models"].get(model_of(deployment)) if state else None
-            views[node] = {"models": {model: entry}} if entry is not None else None
+            if entry is not None:  # the node's other models tell whether it is busy
+                views[node] = {**state, "models": {**state["models"], model: entry}}
+            else:
+                views[node] = None
         return by_node[choose(model, list(by_node), views, self.spill_factor)]
 
 

@@ -9,12 +9,14 @@ The rule, in order (``docs/scale-out.md``):
 
 1. a node where the model is awake, the least loaded (in flight plus queued);
 2. else a node where it is waking, the soonest ready;
-3. else its *home* node: of the nodes that answered, the one a rendezvous hash of
+3. else a *free* node, one with nothing in flight, queued or switching (waking the
+   model there cuts nobody's work): of the free nodes, the one a rendezvous hash of
    (model, node) ranks first (Thaler & Ravishankar, "Using name-based mappings to
-   increase hit rates", IEEE/ACM ToN 6(1), 1998), so that every router instance
-   wakes the model on the same node, not one each; unless the home node's estimated
-   wait exceeds ``spill_factor`` times the best node's, when the best node takes it
-   (a busy home does not hold a model back when another node could wake it sooner).
+   increase hit rates", IEEE/ACM ToN 6(1), 1998), so that every router instance picks
+   the same node, not one each;
+4. else, every node being busy, the model's *home* node (the hash's first of all),
+   unless its estimated wait exceeds ``spill_factor`` times the best node's, when the
+   best node takes it.
 
 A node whose state is unknown (``None``: it did not answer, or its answer is stale)
 is used only when no node's state is known, and then by the hash alone.
@@ -71,11 +73,26 @@ def choose(
     waking = [n for n, s in signals.items() if s["state"] == "waking"]
     if waking:
         return min(waking, key=lambda n: (_wait(signals[n]), tie(n)))
+    free = [n for n in signals if not _busy(states[n])]
+    if free:
+        return home(model, free)
     first = home(model, list(signals))
     best = min(signals, key=lambda n: (_wait(signals[n]), tie(n)))
     if _wait(signals[first]) > spill_factor * _wait(signals[best]):
         return best
     return first
+
+
+def _busy(state: Mapping) -> bool:
+    """Whether a node is serving or switching: any model with requests in flight or
+    queued, or waking, draining or being put to sleep."""
+    return any(
+        entry.get("in_flight", 0) or entry.get("queued", 0) or entry.get("state") in SWITCHING
+        for entry in state.get("models", {}).values()
+    )
+
+
+SWITCHING = ("waking", "draining", "sleeping")
 
 
 def _wait(signal: Mapping) -> float:

@@ -56,15 +56,28 @@ def test_asleep_everywhere_goes_home_the_same_from_any_router_in_any_order():
     assert homes == set(NODES)
 
 
-def test_a_busy_home_spills_only_past_the_factor():
+def test_a_free_node_wakes_it_rather_than_a_busy_home():
+    first = home("qwen", NODES)
+    states = {n: node_state(qwen=asleep(None)) for n in NODES}  # nothing measured yet
+    states[first] = node_state(qwen=asleep(5.0), llama=("awake", 2, 0, 0.0))  # home serves
+    chosen = choose("qwen", NODES, states)
+    assert chosen != first
+    assert chosen == home("qwen", [n for n in NODES if n != first])  # the same from any router
+
+
+def test_with_every_node_busy_a_busy_home_spills_only_past_the_factor():
     first = home("qwen", NODES)
     other = next(n for n in NODES if n != first)
-    states = {n: node_state(qwen=asleep(10.0)) for n in NODES}
-    states[first] = node_state(qwen=asleep(19.0))  # 1.9x the best: stays home
+
+    def busy(wait):
+        return node_state(qwen=asleep(wait), llama=("awake", 1, 0, 0.0))
+
+    states = {n: busy(10.0) for n in NODES}
+    states[first] = busy(19.0)  # 1.9x the best: stays home
     assert choose("qwen", NODES, states, spill_factor=2.0) == first
-    states[first] = node_state(qwen=asleep(25.0))  # 2.5x: spills to the best
+    states[first] = busy(25.0)  # 2.5x: spills to the best
     assert choose("qwen", NODES, states, spill_factor=2.0) != first
-    states[first] = node_state(qwen=asleep(None))  # unknown at home, known elsewhere
+    states[first] = busy(None)  # unknown at home, known elsewhere
     assert choose("qwen", NODES, states) != first
     assert choose("qwen", [other], states) == other
 
