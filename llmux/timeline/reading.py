@@ -147,13 +147,22 @@ def _restarts(record: dict, numbers: dict) -> None:
     the pids of the last run (a container's pids repeat)."""
     if record.get("logger") != "gunicorn.error" or not isinstance(record.get("message"), str):
         return
-    message = record["message"]
-    if message.startswith("Starting gunicorn"):
+    if record["message"].startswith("Starting gunicorn"):
         numbers.clear()
-    elif message.startswith("Booting worker with pid: "):
-        worker = message.rsplit(" ", 1)[-1]
-        if worker.isdigit():
-            numbers.pop(int(worker), None)
+    worker = booted_worker(record)
+    if worker is not None:
+        numbers.pop(worker, None)
+
+
+def booted_worker(record: dict) -> int | None:
+    """The pid in gunicorn's "Booting worker with pid: N" line, None for any other."""
+    message = record.get("message")
+    if record.get("logger") != "gunicorn.error" or not isinstance(message, str):
+        return None
+    if not message.startswith("Booting worker with pid: "):
+        return None
+    worker = message.rsplit(" ", 1)[-1]
+    return int(worker) if worker.isdigit() else None
 
 
 def _spooled(spool: IO[str]) -> Iterator[str]:

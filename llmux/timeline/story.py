@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..engine.states import TRANSITIONS, ModelState
-from .reading import Gap, Lines
+from .reading import Gap, Lines, booted_worker
 
 UNKNOWN = "unknown"
 IDLE = "idle"
@@ -156,9 +156,9 @@ class _Builder:
         self.story.end = t
         if logger == "gunicorn.error" and message.startswith("Booting worker"):
             self.restart(t, "worker started" if not self.started else "worker restarted")
-            worker = message.rsplit(" ", 1)[-1]
-            if worker.isdigit():  # a container's pids repeat from run to run
-                self.retired.discard(int(worker))
+            worker = booted_worker(r)
+            if worker is not None:  # a container's pids repeat from run to run
+                self.retired.discard(worker)
             return
         if logger == "gunicorn.error" and message.startswith("Shutting down: Master"):
             self.stopped(t)

@@ -116,7 +116,7 @@ class Exchange:
             return self.waited
         if self.queued_at is None or self.early:
             return None
-        return self.clock() - self.queued_at
+        return self._unadmitted()
 
     def _unadmitted(self) -> float:
         """Seconds a request that was never admitted waited: from asking for its model

@@ -18,6 +18,8 @@ from llmux.timeline.story import reconstruct
 
 T0 = 1_800_000_000.0
 WORKER, MASTER = 200, 100
+# what the four-switch logs of several tests hold
+FOUR_SWITCHES = [("idle", "a"), ("a", "b"), ("b", "a"), ("a", "b")]
 
 
 class Log:
@@ -124,7 +126,7 @@ def test_a_whole_run_has_states_switches_hooks_requests_and_no_gap():
 
 def test_rotated_files_are_read_in_the_order_they_were_written(tmp_path: Path):
     log = Log().boot(0)
-    for i, (source, target) in enumerate([("idle", "a"), ("a", "b"), ("b", "a"), ("a", "b")]):
+    for i, (source, target) in enumerate(FOUR_SWITCHES):
         a_switch(log, 2.0 * i, source, target)
     lines = log.lines
     third = len(lines) // 3
@@ -136,12 +138,7 @@ def test_rotated_files_are_read_in_the_order_they_were_written(tmp_path: Path):
     paths = sorted(tmp_path.iterdir())  # a shell glob's order: live, .1, .2.gz
     story = reconstruct(read_logs([*paths, tmp_path / "llmux.log"]))  # the live one twice
     assert story.gaps == []
-    assert [(s["from"], s["to"]) for s in story.switches] == [
-        ("idle", "a"),
-        ("a", "b"),
-        ("b", "a"),
-        ("a", "b"),
-    ]
+    assert [(s["from"], s["to"]) for s in story.switches] == FOUR_SWITCHES
     assert story.lines == len(lines)
 
 
@@ -239,19 +236,14 @@ def test_a_truncated_gz_file_is_a_gap_not_a_crash(tmp_path: Path):
 
 def test_stdin_with_files_in_the_wrong_order_is_put_back_in_order():
     log = Log().boot(0)
-    for i, (source, target) in enumerate([("idle", "a"), ("a", "b"), ("b", "a"), ("a", "b")]):
+    for i, (source, target) in enumerate(FOUR_SWITCHES):
         a_switch(log, 5.0 * i, source, target)
     half = len(log.lines) // 2
     # zcat -f llmux.log* | ...: the newest file first
     newest_first = "\n".join(log.lines[half:] + log.lines[:half]) + "\n"
     story = reconstruct(read_logs(["-"], stdin=io.StringIO(newest_first)))
     assert story.gaps == []
-    assert [(s["from"], s["to"]) for s in story.switches] == [
-        ("idle", "a"),
-        ("a", "b"),
-        ("b", "a"),
-        ("a", "b"),
-    ]
+    assert [(s["from"], s["to"]) for s in story.switches] == FOUR_SWITCHES
     assert story.sources == ["<stdin, part 2>", "<stdin, part 1>"]
 
 
