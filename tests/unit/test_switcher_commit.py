@@ -6,12 +6,13 @@ minutes; by its end the waiter the switch was for may be gone.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from llmux.engine.switcher import ASLEEP, AWAKE, FAILED
-from llmux.errors import ModelUnavailable, QueueTimeout
+from llmux.errors import ClientGone, ModelUnavailable, QueueTimeout
 
 from .fakes import FakeHooks
 from .test_switcher import join, make, spawn, wait_for
@@ -28,12 +29,14 @@ def last_result(sw):
 
 
 def draining_for_a_waiter_who_leaves(sw):
-    """a serves a request; a waiter for b arrives, then gives up before the drain ends."""
+    """a serves a request; a waiter for b arrives, and leaves (its client goes) when
+    the test sets the returned event, before the drain ends."""
     awake(sw, "a")
     ticket = sw.acquire("a", timeout=5)
-    gone = spawn(sw.acquire, "b", timeout=0.1)
+    leave = threading.Event()
+    gone = spawn(sw.acquire, "b", timeout=10, cancelled=leave.is_set)
     wait_for(lambda: sw.status()["models"]["b"]["queued"] == 1)
-    return ticket, gone
+    return ticket, gone, leave
 
 
 def test_a_switch_whose_waiter_left_during_the_drain_is_abandoned():
@@ -52,10 +55,12 @@ def test_a_switch_whose_waiter_left_during_the_drain_is_abandoned():
 
 def test_a_switch_goes_on_to_whoever_waits_now():
     sw, hooks = make()
-    ticket, gone = draining_for_a_waiter_who_leaves(sw)
+    ticket, gone, leave = draining_for_a_waiter_who_leaves(sw)
     later = spawn(sw.acquire, "c", timeout=5)
+    wait_for(lambda: sw.status()["models"]["c"]["queued"] == 1)
+    leave.set()
     join(gone)
-    assert isinstance(gone["error"], QueueTimeout)
+    assert isinstance(gone["error"], ClientGone)
     ticket.release()
     join(later)
     later["value"].release()
@@ -82,8 +87,10 @@ def test_a_waiter_leaving_during_the_sleep_hook_means_no_wake():
 
 def test_a_request_for_the_draining_model_keeps_it_awake_when_the_other_left():
     sw, hooks = make()
-    ticket, gone = draining_for_a_waiter_who_leaves(sw)
+    ticket, gone, leave = draining_for_a_waiter_who_leaves(sw)
     again = spawn(sw.acquire, "a", timeout=5)  # queues: a is draining
+    wait_for(lambda: sw.status()["models"]["a"]["queued"] == 1)
+    leave.set()
     join(gone)
     ticket.release()
     join(again)
