@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .engine import residency
+
 DAY = 86400.0  # the most a scheduling estimate or bound may say: longer is a typo
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 HOOK_KINDS = ("wake", "sleep", "alive")
@@ -178,6 +180,10 @@ def env_map(value: Any) -> Mapping[str, str]:
     return MappingProxyType(out)
 
 
+def size(value: Any) -> int:
+    return residency.parse_size(value)
+
+
 def setting(default: Any, check: Callable[[Any], Any], *, required: bool = False) -> Any:
     meta = {"check": check, "required": required}
     if isinstance(default, Mapping):  # an empty read-only mapping, built per instance
@@ -236,6 +242,12 @@ class ModelConfig:
     concurrency: int | None = setting(None, optional(integer(1, 100_000)))
     # what a wake is expected to take until a switch into this model was measured
     wake_estimate_secs: float | None = setting(None, optional(seconds(most=DAY)))
+    # residency (with memory.budget): what it holds awake, what it still holds asleep,
+    # never put to sleep to make room, models never awake together with it
+    memory: int | None = setting(None, optional(size))
+    memory_asleep: int = setting(0, size)
+    pin: bool = setting(False, boolean)
+    exclusive_with: tuple[str, ...] = setting((), string_list(model_name))
 
     def hook(self, kind: str) -> str:
         return getattr(self, kind)
@@ -258,6 +270,18 @@ class PolicyConfig:
     # cost_aware: a woken model serves this many times its switch cost before others
     # that wait (not too long) take the GPU
     quantum_factor: float = setting(1.0, number(0, 100))
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    # what the models may use together; None: one model awake at a time
+    budget: int | None = setting(None, optional(size))
+    headroom: int = setting(0, size)  # kept free
+    # a shell command that prints the device's used memory in MiB (nvidia-smi ...)
+    probe: str | None = setting(None, optional(text))
+    probe_timeout_secs: float = setting(10.0, seconds())
+    # how to choose the models put to sleep to make room: cost-aware, or least recently used
+    eviction: str = setting("gdsf", one_of("gdsf", "lru"))
 
 
 @dataclass(frozen=True)
@@ -325,6 +349,7 @@ class Config:
     startup: StartupConfig = section(StartupConfig)
     shutdown: ShutdownConfig = section(ShutdownConfig)
     metrics: MetricsConfig = section(MetricsConfig)
+    memory: MemoryConfig = section(MemoryConfig)
 
     @property
     def base_dir(self) -> str:
@@ -355,6 +380,23 @@ class Config:
                 f"({p.max_wait_secs:g}): waiting requests time out before the bound serves them"
             ]
         return []
+
+    def budget(self) -> residency.Budget:
+        """The memory budget the switcher keeps to; one model at a time without one."""
+        mem = self.memory
+        if mem.budget is None:
+            return residency.Budget.one_at_a_time(self.models)
+        return residency.Budget(
+            mem.budget,
+            mem.headroom,
+            {
+                n: residency.ModelMemory(
+                    m.memory or 0, m.memory_asleep, m.pin, frozenset(m.exclusive_with)
+                )
+                for n, m in self.models.items()
+            },
+            eviction=mem.eviction,
+        )
 
     def admin_token(self) -> str | None:
         return self.admin.token or os.environ.get("LLMUX_ADMIN_TOKEN") or None
@@ -454,6 +496,7 @@ def parse_config(raw: Any, path: str, *, port: int | None = None) -> Config:
     if config is not None:
         _check_ports(config, problems)
         _check_names(config, problems)
+        _check_memory(config, problems)
         preload = config.startup.preload
         if preload is not None and preload not in config.models:
             problems.append(f"startup.preload: {_show(preload)} is not a configured model")
@@ -484,6 +527,33 @@ def _check_names(config: Config, problems: list[str]) -> None:
                 )
             else:
                 owners[alias] = f"an alias of model {name}"
+
+
+def _check_memory(config: Config, problems: list[str]) -> None:
+    """A budget needs every model's size; sizes, pins and exclusions need a budget;
+    every model must fit beside the pinned ones (:func:`residency.never_fits`)."""
+    budget = config.memory.budget
+    models = config.models
+    for name, m in models.items():
+        where = f"models.{name}"
+        if budget is None:
+            for key in ("memory", "pin", "exclusive_with"):
+                if getattr(m, key):
+                    problems.append(f"{where}.{key}: needs memory.budget (the memory block)")
+            continue
+        if m.memory is None:
+            problems.append(f"{where}.memory: required with memory.budget")
+        elif m.memory_asleep > m.memory:
+            problems.append(f"{where}.memory_asleep: more than its memory ({m.memory} bytes)")
+        for i, other in enumerate(m.exclusive_with):
+            if other not in models or other == name:
+                problems.append(
+                    f"{where}.exclusive_with[{i}]: {_show(other)} is not another configured model"
+                )
+    if budget is None or any(m.memory is None for m in models.values()):
+        return
+    for name, why in residency.never_fits(config.budget()).items():
+        problems.append(f"models.{name}.memory: it can never be woken: {why}")
 
 
 def load_config(path: str, *, port: int | None = None) -> Config:

@@ -155,13 +155,17 @@ class FifoPolicy:
         return snap.states.get(model) == AWAKE
 
     def idle_due(self, snap: Snapshot) -> tuple[str, float] | None:
-        model = snap.active
-        idle = snap.idle_sleep.get(model) if model is not None else None
-        if not idle or snap.switching or snap.in_flight.get(model):
+        if snap.switching or any(snap.queues.values()):
             return None
-        if any(snap.queues.values()):
-            return None
-        return model, snap.last_used[model] + idle
+        due = None
+        for model, state in snap.states.items():  # every awake model (one without a budget)
+            idle = snap.idle_sleep.get(model)
+            if state != AWAKE or not idle or snap.in_flight.get(model):
+                continue
+            when = snap.last_used[model] + idle
+            if due is None or when < due[1]:
+                due = (model, when)
+        return due
 
     def estimate(self, snap: Snapshot, model: str) -> float | None:
         resident_until = 0.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Sequence
 
 from ..errors import LlmuxError, ModelUnavailable, SwitchTimeout
 from . import events as ev
@@ -47,51 +48,66 @@ class Procedures:
         """Drain, sleep, wake, each irreversible step committed under the lock first.
 
         ``requested`` is False for a preload, which no waiter asked for. The
-        switching slot is held and ``_running`` set (:meth:`_begin_switch`).
+        switching slot is held, and ``_running`` and ``_victims`` (the models to put
+        to sleep for ``target`` to fit: the one awake, without a memory budget) are
+        set (:meth:`_begin_switch`). The victims drain together, then sleep one by
+        one: wakes and sleeps on one GPU never overlap (vllm#55827).
         """
         with self._locked:
             started = self._running.started
-            source = self._active
+            source = self._running.source
+            victims = self._victims
             self._emit(ev.SwitchStarted(source, target))
             phases: dict[str, float] = {}
-            if source is not None:
-                self._set_state(self._models[source], DRAINING)
-        if source is not None:
+            for name in victims:
+                self._set_state(self._models[name], DRAINING)
+        if victims:
             t0 = self.clock()
             deadline = self._drain_deadline(t0)
             with self._locked:
-                self._emit(ev.DrainStarted(source, target, self._models[source].in_flight))
+                in_flight = sum(self._models[n].in_flight for n in victims)
+                self._emit(ev.DrainStarted(source, target, in_flight))
             while True:
                 drained = True
                 if self.settings.drain_before_switch:
-                    drained = yield AwaitDrain(source, requested, deadline)
+                    for name in list(victims):  # they drain at once: wait for each in turn
+                        drained = yield AwaitDrain(name, requested, deadline)
+                        if not drained:
+                            break
                 phases["drain"] = self.clock() - t0
                 if not drained:
                     with self._locked:
                         self._emit(ev.DrainFinished(source, target, phases["drain"], False))
                     error = SwitchTimeout(
-                        f"model '{source}' did not finish its requests within "
+                        f"model '{name}' did not finish its requests within "
                         f"{self.settings.drain_timeout_secs:g}s; switch to '{target}' abandoned",
                     )
-                    self._abandon_switch(source, target, started, error, "drain timed out")
+                    self._abandon_switch(victims, target, started, error, "drain timed out")
                     return
                 with self._locked:
-                    target = self._commit(source, source, target, started, requested, phases)
-                    if target is None:
+                    target = self._commit(source, victims, target, started, requested, phases)
+                    if target is None or not self._revise_victims(source, target, started, phases):
                         return
-                    if self.settings.drain_before_switch and self._models[source].in_flight:
+                    draining = [n for n in victims if self._models[n].in_flight]
+                    if self.settings.drain_before_switch and draining:
                         continue  # it ended early, and a switch is wanted again: drain on
-                    self._set_state(self._models[source], SLEEPING)
+                    for name in victims:
+                        self._set_state(self._models[name], SLEEPING)
                 break
             with self._locked:
                 self._emit(ev.DrainFinished(source, target, phases["drain"], True))
             t0 = self.clock()
-            if not (yield from self._put_to_sleep(source, target, started)):
-                return
+            while victims:
+                if not (yield from self._put_to_sleep(victims, target, started)):
+                    return
             phases["sleep"] = self.clock() - t0
         with self._locked:
-            target = self._commit(source, None, target, started, requested, phases)
+            target = self._commit(source, (), target, started, requested, phases)
             if target is None:
+                return
+            room = self._room(target)
+            if room.victims or not room.fits:  # it turned to a model that needs more room
+                self._abandoned(source, target, started, "it needs other models asleep", phases)
                 return
             self._set_state(self._models[target], WAKING)
             t0 = self.clock()
@@ -118,10 +134,37 @@ class Procedures:
                 return
             self._set_state(m, AWAKE)
             m.awake_since = m.last_used = self.clock()
-            self._active = target
-            self._came_from = source
+            m.came_from = source
+            self._up[target] = None
+            self.wake_costs.observe(None, target, phases["wake"])
+            self._hit(target, 1)  # a wake is the first use of its stay (GDSF)
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
+
+    def _revise_victims(self, source, target: str, started: float, phases: dict) -> bool:
+        """After a commit (lock held): the victims ``target`` needs now (a retarget or
+        requests that came may change them); those no longer needed serve again, new
+        ones drain. False (switch abandoned) if it cannot fit any more."""
+        victims = self._victims
+        room = self._room(target)
+        if not room.fits:
+            self._keep_serving(victims)
+            self._abandoned(source, target, started, "it does not fit any more", phases)
+            return False
+        self._keep_serving([n for n in victims if n not in room.victims])
+        for name in room.victims:
+            if name not in victims:
+                self._set_state(self._models[name], DRAINING)
+        victims[:] = room.victims
+        return True
+
+    def _keep_serving(self, names) -> None:
+        """Models a switch no longer puts to sleep are awake again (lock held)."""
+        for name in list(names):
+            m = self._models[name]
+            self._set_state(m, AWAKE)
+            self._admit_all(m)
+        self._victims[:] = [n for n in self._victims if n not in names]
 
     def _stop_wake(self, source, target: str, started: float, phases: dict) -> Procedure:
         """The wake was stopped (nobody waits for ``target``): sleep hook, then decide again."""
@@ -140,13 +183,15 @@ class Procedures:
             self._abandoned(source, target, started, "nobody waits for it any more", phases)
 
     def _begin_switch(self, target: str) -> None:
-        """Take note of a switch about to start (lock held, switching slot taken)."""
-        self._running = RunningSwitch(self._active, target, self.clock())
+        """Take note of a switch about to start (lock held, switching slot taken): the
+        models to put to sleep for ``target`` to fit, and the one the policy weighs."""
+        self._victims = list(self._room(target).victims)
+        self._running = RunningSwitch(self._lead_of(self._victims), target, self.clock())
 
     def _commit(
         self,
         source: str | None,
-        awake: str | None,
+        awake: Sequence[str],
         target: str,
         started: float,
         requested: bool,
@@ -157,9 +202,10 @@ class Procedures:
         The policy is asked again, on the state as it is now: a drain can take
         minutes, and waiters leave. If it still wants ``target``, go on; if it
         wants another model, go on towards that one (``switch_retargeted``);
-        if it prefers ``awake`` (None: nothing is awake; for FIFO, when nobody
+        if it prefers one of ``awake``, the models the switch would put to sleep
+        and could still keep (empty once they sleep; for FIFO, when nobody
         waits for another model any more), the switch is abandoned and ``awake``
-        keeps serving (``switch_abandoned``), and the slot is freed. ``source``
+        keep serving (``switch_abandoned``), and the slot is freed. ``source``
         is the model the switch began from, for the reports.
         """
         reason = None
@@ -173,18 +219,16 @@ class Procedures:
                 self._emit(ev.SwitchRetargeted(source, target, wanted))
                 target = wanted
                 # the estimate of the rest: a switch from where we are now
-                self._running = RunningSwitch(awake, wanted, self.clock())
+                lead = source if source in awake else self._lead_of(awake)
+                self._running = RunningSwitch(lead, wanted, self.clock())
         if reason is None:
             return target
-        if awake is not None:
-            m = self._models[awake]
-            self._set_state(m, AWAKE)
-            self._admit_all(m)
+        self._keep_serving(awake)
         self._abandoned(source, target, started, reason, phases)
         return None
 
-    def _wanted(self, awake: str | None) -> str | None:
-        """The model the policy would switch to now, or None if it prefers ``awake``.
+    def _wanted(self, awake: Sequence[str]) -> str | None:
+        """The model the policy would switch to now, or None if it prefers one of ``awake``.
 
         Lock held. Backoff and residency were settled when the switch began,
         so they are left out of this second opinion.
@@ -193,7 +237,7 @@ class Procedures:
             self._snapshot(self.clock()), backoff_until=0.0, min_active_secs=0.0
         )
         decision = self.policy.decide(snap)
-        if isinstance(decision, SwitchTo) and decision.model != awake:
+        if isinstance(decision, SwitchTo) and decision.model not in awake:
             return decision.model
         if isinstance(decision, WaitUntil):  # cannot happen without backoff; go on
             return self._running.target
@@ -217,42 +261,45 @@ class Procedures:
         m = self._models[drain.model]
         if m.in_flight <= 0:
             return True
-        if drain.requested and (self._closed or (m.waiters and self._wanted(m.name) is None)):
+        if drain.requested and (self._closed or (m.waiters and self._wanted((m.name,)) is None)):
             return True
         if drain.deadline is not None and self.clock() >= drain.deadline:
             return False
         return None
 
-    def _put_to_sleep(self, source: str, target: str, started: float) -> Procedure:
-        """Run ``sleep`` on the old model; False (switch abandoned) if it stays alive."""
-        m = self._models[source]
+    def _put_to_sleep(self, victims: list[str], target: str, started: float) -> Procedure:
+        """Run ``sleep`` on the first of ``victims`` and take it off the list; False
+        (switch abandoned, every victim left serving) if it stays alive."""
+        m = self._models[victims[0]]
         result, still_alive = yield from self._sleep_hook(m.name)
         if not result.ok:
             with self._locked:
-                self._emit(ev.SleepHookFailed(source, target, result.describe(), still_alive))
+                self._emit(ev.SleepHookFailed(m.name, target, result.describe(), still_alive))
             if still_alive:
                 error = ModelUnavailable(
-                    f"model '{target}' is unavailable: could not put '{source}' to sleep "
+                    f"model '{target}' is unavailable: could not put '{m.name}' to sleep "
                     f"({result.describe()})",
                 )
-                self._abandon_switch(source, target, started, error, result.describe())
+                self._abandon_switch(victims, target, started, error, result.describe())
                 return False
         with self._locked:
+            victims.remove(m.name)
+            if not self.budget.single:
+                self.gdsf.evicted(m.name)
             self._went_to_sleep(m)
         return True
 
     def _abandon_switch(
-        self, source: str, target: str, started: float, error: LlmuxError, reason: str
+        self, victims: Sequence[str], target: str, started: float, error: LlmuxError, reason: str
     ) -> None:
-        """The old model keeps serving; the target's waiters get ``error``, with the
-        estimate of a new attempt as its ``retry_after``."""
+        """The models the switch was to put to sleep keep serving; the target's waiters
+        get ``error``, with the estimate of a new attempt as its ``retry_after``."""
         with self._locked:
-            m = self._models[source]
-            self._set_state(m, AWAKE)
+            source = self._running.source if self._running is not None else None
+            self._keep_serving(victims)
             self._running = None
             error.retry_after = self._retry_after(target)
             self._fail_waiters(self._models[target], error, "failed")
-            self._admit_all(m)
             self._finish_switch(source, target, started, ok=False, error=reason)
 
     def _wake(self, target: str, stop=None) -> Procedure:
@@ -353,7 +400,7 @@ class Procedures:
         """The state half of :meth:`_recover`, with no hook (lock held): what a procedure
         killed mid-way can still do, since it may not yield any more."""
         for m in self._models.values():
-            if m.state == DRAINING or (m.state == SLEEPING and self._active == m.name):
+            if m.state == DRAINING or (m.state == SLEEPING and m.name in self._up):
                 self._set_state(m, AWAKE)
             elif m.state in (WAKING, SLEEPING):
                 self._set_state(m, FAILED)
@@ -362,7 +409,7 @@ class Procedures:
             error = ModelUnavailable(f"switch to model '{running.target}' failed unexpectedly")
             self._fail_waiters(self._models[running.target], error, "failed")
             self._finish_switch(
-                self._active, running.target, running.started, ok=False, error="internal error"
+                running.source, running.target, running.started, ok=False, error="internal error"
             )
 
     # --- a model put to sleep with no switch behind it ---
@@ -431,7 +478,7 @@ class Procedures:
                 m = self._models[awake]
                 self._set_state(m, AWAKE)
                 m.awake_since = m.last_used = self.clock()
-                self._active = awake
+                self._up[awake] = None
             if awake is not None or preload not in self._models or self._closed:
                 self._free_slot()
                 return
@@ -447,7 +494,7 @@ class Procedures:
         finally:
             with self._locked:
                 m = self._models[model]
-                if result is not None and not result.ok and self._active == model:
+                if result is not None and not result.ok and model in self._up:
                     log.warning(
                         "backend of %s is gone; it will be woken again on demand",
                         model,
@@ -488,8 +535,8 @@ class Procedures:
     def _went_to_sleep(self, m) -> None:
         """``m`` is asleep now; a model a reload removed is forgotten here."""
         self._set_state(m, ASLEEP)
-        if self._active == m.name:
-            self._active = None
+        self._up.pop(m.name, None)
+        self.gdsf.forget(m.name)
         if m.awake_since is not None:
             self._emit(ev.ModelDeactivated(m.name, self.clock() - m.awake_since))
         m.awake_since = None

@@ -20,7 +20,7 @@ class Reports:
         ``snap``: a snapshot taken at ``now`` under the same lock hold, to reuse."""
         if model not in self._models:
             return None
-        return self.policy.estimate(snap or self._snapshot(now), model)
+        return self.policy.estimate(self._view_for(snap or self._snapshot(now), model), model)
 
     def _wake_fraction(self) -> float | None:
         """The fraction the running switch's wake hook printed, if it runs and printed."""
@@ -89,7 +89,8 @@ class Reports:
             return {
                 "policy": self.policy.name,
                 "estimated_load": None if load is None else round(load(snap), 3),
-                "active": self._active,
+                "active": next(reversed(self._up), None),  # the model that woke last
+                "awake": list(self._up),
                 "switching": self._switching,
                 "models": {
                     n: {
@@ -102,7 +103,9 @@ class Reports:
                         else None,
                         "idle_sleep_secs": m.idle_sleep_secs,
                         "estimated_wait_secs": estimates.rounded(self._eta(n, now, snap)),
-                        "wait_bound_secs": estimates.rounded(self.policy.bound(snap, n)),
+                        "wait_bound_secs": estimates.rounded(
+                            self.policy.bound(self._view_for(snap, n), n)
+                        ),
                         "hook_progress": self._hook_progress(n),
                         "queue": [
                             {"position": places[w], "waited_secs": now - w.since} for w in m.waiters
@@ -142,7 +145,7 @@ class Reports:
         """Model -> the policy's starvation bound in force now (seconds; None: none)."""
         with self._locked:
             snap = self._snapshot(self.clock())
-            return {n: self.policy.bound(snap, n) for n in self._models}
+            return {n: self.policy.bound(self._view_for(snap, n), n) for n in self._models}
 
     def state(self, model: str) -> str:
         with self._locked:

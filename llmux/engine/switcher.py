@@ -72,9 +72,11 @@ from .policy import (
 )
 from .procedures import Procedures
 from .reports import Reports
+from .residency import Budget, Gdsf
+from .residents import Residents
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
 from .timer import Deadlines
-from .waiters import Queue, QueuesView, QueueWeights, Ticket, Waiter, holds
+from .waiters import Queue, Ticket, Waiter, holds
 
 __all__ = [
     "ASLEEP",
@@ -143,6 +145,7 @@ class _Model:
     last_used: float = 0.0  # when the last request ended, or it woke
     idle_sleep_secs: float | None = None
     removed: bool = False  # by a reload; forgotten once asleep
+    came_from: str | None = None  # the model put to sleep when it last woke
 
 
 class _PerModel(Mapping):
@@ -164,11 +167,12 @@ class _PerModel(Mapping):
         return len(self._models)
 
 
-class Switcher(Procedures, Deadlines, Reports, EventDelivery):
+class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
     """Models' states, queues and in-flight counts, and the switching slot.
 
     ``clock`` gives monotonic seconds; ``runner`` runs procedures and the timer
-    (default: threads, or greenlets under gevent; the engine harness passes its own).
+    (default: threads, or greenlets under gevent; the engine harness passes its own);
+    ``budget`` which models may be awake together (default: one at a time).
     """
 
     def __init__(
@@ -183,6 +187,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         clock: Callable[[], float] = time.monotonic,
         idle_sleep: Mapping[str, float | None] | None = None,
         runner: Runner | None = None,
+        budget: Budget | None = None,
     ):
         self.hooks = hooks
         self.settings = settings or SwitchSettings()
@@ -190,6 +195,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         self.observer = observer or Observer()
         self.costs = costs or SwitchCosts()
         self.service = ServiceTimes()
+        self.wake_costs = SwitchCosts()  # the wake phase alone, per model, from "idle"
         self.arrivals = ArrivalRates()
         self.clock = clock
         self.runner = runner or ThreadRunner(self._perform)
@@ -204,8 +210,13 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         self._delivering = threading.Lock()
         idle_sleep = idle_sleep or {}
         self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
-        self._active: str | None = None
-        self._came_from: str | None = None  # the model the active one was switched from
+        self.budget = budget or Budget.one_at_a_time(self._models)
+        self.gdsf = Gdsf()  # eviction scores, under a budget
+        self._measured: dict[str, int] = {}  # model -> bytes a wake was measured to take
+        # the models whose backends are up (awake, draining, being put to sleep), in
+        # the order they woke; at most one without a budget
+        self._up: dict[str, None] = {}
+        self._victims: list[str] = []  # what the running switch puts to sleep
         self._switching = False
         self._slot_epoch = 0
         self._running: estimates.RunningSwitch | None = None
@@ -383,6 +394,8 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
 
     def _add_in_flight(self, m: _Model, delta: int) -> None:
         m.in_flight += delta
+        if delta > 0:
+            self._hit(m.name, delta)
         self._emit(ev.InFlightChanged(m.name, m.in_flight))
         if m.in_flight == 0:
             m.last_used = self.clock()
@@ -417,13 +430,14 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
     def _snapshot(self, now: float) -> Snapshot:
         """What the policy sees (lock held): live views, valid during the call only."""
         models = self._models
-        active = models[self._active] if self._active else None
+        lead, queues, weights = self._views()
+        active = models[lead] if lead else None
         return Snapshot(
             now=now,
-            active=self._active,
+            active=lead,
             awake_since=active.awake_since if active else None,
             in_flight=_PerModel(models, "in_flight"),
-            queues=QueuesView(models),
+            queues=queues,
             backoff_until=self._backoff_until,
             min_active_secs=self.settings.min_active_secs,
             costs=self.costs.view(),
@@ -434,8 +448,8 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             switching=self._switching,
             running=self._running,
             wake_fraction=self._wake_fraction(),
-            queue_weights=QueueWeights(models),
-            came_from=self._came_from,
+            queue_weights=weights,
+            came_from=active.came_from if active else None,
             arrivals=self.arrivals,
         )
 
@@ -443,8 +457,10 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         """Ask the policy what to do next and start a switch if it says so (lock held)."""
         if self._switching or self._closed:
             return
-        if self._active is not None:
-            self._admit_all(self._models[self._active])
+        for name in self._up:
+            self._admit_all(self._models[name])
+        for name, room in self._unfit():
+            self._fail_unfit(self._models[name], room)
         snap = self._snapshot(self.clock())
         decision = self.policy.decide(snap)
         self._wake_at = None
@@ -568,7 +584,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         request wakes it again instead of failing until someone restarts llmux.
         """
         with self._locked:
-            if self._active != model or self._switching or self._closed:
+            if model not in self._up or self._switching or self._closed:
                 return
             self._take_slot("recheck", self._recheck(model), spawn=True)
 
@@ -595,7 +611,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
                             retry_after=self._retry_after_switch(),
                         )
                     self._wait(self._slot_free, min(left, MAX_WAIT_SECS))
-                if self._active != model:
+                if model not in self._up:
                     return m.state
                 procedure = self._take_slot("sleep", self._retire(model, reason))
                 epoch = self._slot_epoch
@@ -615,12 +631,15 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
         settings: SwitchSettings | None = None,
         *,
         policy=None,
+        budget: Budget | None = None,
         check: Callable[[dict[str, str]], None] | None = None,
         apply: Callable[[], None] | None = None,
     ) -> list[str]:
         """Take a new model set (name -> idle seconds); return the removed models still awake.
 
-        ``policy``, when given, decides from now on. Added models start asleep.
+        ``policy``, when given, decides from now on, and ``budget`` bounds the
+        models awake from the next wake on (models awake beyond it stay awake
+        until a switch puts them to sleep). Added models start asleep.
         A removed model's queued requests get 404;
         an asleep one is forgotten at once, an awake one once it is put to sleep
         (by :meth:`sleep` with ``reason="reload"``, or by the next switch).
@@ -639,6 +658,8 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
                 self.settings = settings
             if policy is not None:
                 self.policy = policy
+            if budget is not None:
+                self.budget = budget
             for name, secs in idle_sleep.items():
                 m = self._models.get(name)
                 if m is None:
@@ -650,7 +671,7 @@ class Switcher(Procedures, Deadlines, Reports, EventDelivery):
             for m in [m for n, m in self._models.items() if n not in idle_sleep]:
                 m.removed = True
                 self._fail_waiters(m, ModelNotFound(m.name, removed=True), "removed")
-                if m.state in (ASLEEP, FAILED) and self._active != m.name:
+                if m.state in (ASLEEP, FAILED) and m.name not in self._up:
                     self._forget(m)
                 else:
                     still_awake.append(m.name)

@@ -89,6 +89,7 @@ class Gateway:
             policy=make_policy(config.policy, config.models),
             observer=Observers(LogObserver(), self.metrics, recorder, self.history),
             idle_sleep={name: config.idle_sleep_secs(name) for name in config.models},
+            budget=config.budget(),
         )
         # the endpoint picker's names, read at scrape time while metrics.vllm_names is on
         self.metrics.registry.register(

@@ -32,7 +32,7 @@ RESTART_ONLY = ("host", "port", "startup")
 # top-level settings besides models that a reload applies at once
 LIVE_SETTINGS = (
     "policy", "hooks", "proxy", "api_keys", "cors", "stream_loading", "admin", "shutdown",
-    "node_name", "metrics",
+    "node_name", "metrics", "memory",
 )  # fmt: skip
 
 
@@ -73,6 +73,7 @@ class Reloader:
             {name: new.idle_sleep_secs(name) for name in new.models},
             SwitchSettings.from_policy(new.policy),
             policy=make_policy(new.policy, new.models),
+            budget=new.budget(),
             check=check,
             apply=apply,
         )

@@ -155,6 +155,7 @@ class Harness:
         progress: dict[str, float] | None = None,
         observers: Iterable[Observer] = (),
         policy=None,
+        budget=None,
         **settings,
     ):
         self.clock = FakeClock()
@@ -177,6 +178,7 @@ class Harness:
             clock=self.clock,
             idle_sleep=idle,
             runner=self.runner,
+            budget=budget,
         )
 
     # --- the Hooks protocol; only ready_timeout and progress are called directly ---
@@ -234,7 +236,7 @@ class Harness:
     def sleep(self, model: str) -> None:
         """An operator puts ``model`` to sleep; the procedure is stepped like any other."""
         with self.sw._locked:
-            if self.sw._switching or self.sw._active != model:
+            if self.sw._switching or model not in self.sw._up:
                 raise AssertionError("the harness puts only the idle active model to sleep")
             procedure = self.sw._take_slot("sleep", self.sw._retire(model, "admin"))
         self.runner.steps.append(_Step("sleep", procedure))
@@ -381,10 +383,22 @@ class Harness:
         return moved
 
     def check(self) -> None:
-        """The invariants: never two models up; in-flight counts equal the tickets held
-        (a waiter admitted but not yet woken counts); the slot taken exactly while a
-        procedure runs; every state change a transition of TRANSITIONS."""
-        assert len(self.up) <= 1, f"two models up at once: {self.up}"
+        """The invariants: the models up fit the budget (without one: never two up),
+        no two ``exclusive_with`` models up, one wake or sleep hook at a time; in-flight
+        counts equal the tickets held (a waiter admitted but not yet woken counts); the
+        slot taken exactly while a procedure runs; every state change a transition of
+        TRANSITIONS."""
+        budget = self.sw.budget
+        if budget.single:
+            assert len(self.up) <= 1, f"two models up at once: {self.up}"
+        else:
+            held = sum(budget.declared(m) for m in self.up) + budget.headroom
+            held += sum(budget.asleep(m) for m in budget.models if m not in self.up)
+            assert held <= budget.budget, f"{sorted(self.up)} hold {held} > {budget.budget}"
+            for a in self.up:
+                for b in self.up:
+                    assert not budget.exclusive(a, b), f"{a} and {b} are exclusive, both up"
+        assert len(self.hooks_pending()) <= 1, f"hooks overlap: {self.hooks_pending()}"
         status = self.sw.status()
         for name, m in status["models"].items():
             held = sum(

@@ -1,0 +1,251 @@
+"""Which models may be awake together, and which to put to sleep to make room.
+
+Usage::
+
+    budget = Budget.single(["llama", "qwen"])        # no ``memory`` block: one model awake
+    budget = Budget(80 * GiB, 1 * GiB, {"chat": ModelMemory(40 * GiB), ...})
+    room = plan(budget, "coder", up=["chat", "embed"], busy={"chat"},
+                size=budget.declared, order=lambda m: scores[m])
+    room.victims, room.fits                          # ("embed",), True
+
+Pure functions and one small stateful score keeper (:class:`Gdsf`); the switcher
+holds them under its lock. The fit check (``../shared/notes/residency-and-scale-out.md``
+§3.2) is::
+
+    sum(size(m) for m awake after the wake) + sum(asleep(m) for every other model)
+        + headroom <= budget
+
+A model being woken holds its ``memory`` (its asleep share included); a model put
+to sleep frees ``memory - memory_asleep``. ``exclusive_with`` pairs are never
+awake together, whatever the numbers say, and pinned models are never chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Budget", "Gdsf", "ModelMemory", "Room", "plan"]
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """One model's memory, in bytes: ``awake`` it holds awake, ``asleep`` it still
+    holds asleep (a vLLM server at sleep level 1 keeps its CUDA context); ``pin``:
+    never put to sleep to make room; ``exclusive_with``: models never awake with it."""
+
+    awake: int
+    asleep: int = 0
+    pin: bool = False
+    exclusive_with: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the models may use together (bytes), ``headroom`` kept free, and each
+    model's :class:`ModelMemory`. ``eviction``: ``"gdsf"`` (cost-aware) or ``"lru"``."""
+
+    budget: int
+    headroom: int
+    models: Mapping[str, ModelMemory]
+    eviction: str = "gdsf"
+    single: bool = field(default=False, compare=False)
+
+    @classmethod
+    def one_at_a_time(cls, names: Iterable[str]) -> Budget:
+        """The budget of a config with no ``memory`` block: every model takes all of
+        it, so exactly one is awake at a time (SPEC §5)."""
+        return cls(1, 0, {n: ModelMemory(1) for n in names}, single=True)
+
+    def declared(self, model: str) -> int:
+        """The bytes ``model`` holds awake, as declared (unknown models: 0; every
+        model 1 of the 1 of :meth:`one_at_a_time`, models a reload added too)."""
+        if self.single:
+            return 1
+        spec = self.models.get(model)
+        return spec.awake if spec is not None else 0
+
+    def asleep(self, model: str) -> int:
+        spec = self.models.get(model)
+        return spec.asleep if spec is not None else 0
+
+    def pinned(self, model: str) -> bool:
+        spec = self.models.get(model)
+        return spec is not None and spec.pin
+
+    def exclusive(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` may never be awake together (either names the other)."""
+        sa, sb = self.models.get(a), self.models.get(b)
+        return (sa is not None and b in sa.exclusive_with) or (
+            sb is not None and a in sb.exclusive_with
+        )
+
+
+@dataclass(frozen=True)
+class Room:
+    """The answer of :func:`plan`: the models to put to sleep, in the order chosen,
+    and whether ``target`` then fits (False: even every candidate would not do;
+    ``victims`` then lists them all). ``short``: bytes still missing (0 if it fits)."""
+
+    victims: tuple[str, ...]
+    fits: bool
+    short: int = 0
+
+
+def plan(
+    budget: Budget,
+    target: str,
+    up: Collection[str],
+    *,
+    busy: Collection[str] = (),
+    size: Callable[[str], int] | None = None,
+    order: Callable[[str], object] | None = None,
+) -> Room:
+    """The models of ``up`` (awake or being drained) to put to sleep so that ``target``
+    fits, or ``()`` when it fits beside them.
+
+    Models exclusive with ``target`` are always chosen. Beyond them the candidates
+    are the unpinned models of ``up``, idle ones (not in ``busy``) first, each group
+    in ascending ``order`` (the eviction score; default: name); chosen greedily
+    until the target fits, then any chosen one that turns out unneeded is kept
+    awake again (last chosen first). ``size(m)``: the bytes m holds awake (default
+    the declared ``memory``; the switcher passes the larger of declared and measured).
+    """
+    size = size or budget.declared
+    order = order or (lambda m: m)
+    up = [m for m in up if m != target]
+    forced = [m for m in up if budget.exclusive(m, target)]
+    freed = {m: max(size(m) - budget.asleep(m), 0) for m in up}
+    held = sum(size(m) for m in up)
+    held += sum(budget.asleep(m) for m in budget.models if m not in up and m != target)
+    free = budget.budget - budget.headroom - held - size(target)
+    if any(budget.pinned(m) for m in forced):
+        return Room(tuple(forced), False, max(-free, 0))
+    free += sum(freed[m] for m in forced)
+    chosen: list[str] = []
+    candidates = sorted(
+        (m for m in up if m not in forced and not budget.pinned(m)),
+        key=lambda m: (m in busy, order(m)),
+    )
+    for m in candidates:
+        if free >= 0:
+            break
+        chosen.append(m)
+        free += freed[m]
+    if free < 0:
+        return Room(tuple(forced + chosen), False, -free)
+    for m in reversed(chosen[:-1]):  # the greedy order may have taken more than needed
+        if free - freed[m] >= 0:
+            chosen.remove(m)
+            free -= freed[m]
+    return Room(tuple(forced + chosen), True)
+
+
+class Gdsf:
+    """GreedyDual-Size-Frequency eviction scores (Cherkasova, "Improving WWW Proxies
+    Performance with Greedy-Dual-Size-Frequency Caching Policy", HP Labs HPL-98-69,
+    1998): ``H(m) = L + freq(m) * cost(m) / size(m)``, recomputed on every hit, with
+    ``L`` the clock: the ``H`` of the last model evicted. The lowest ``H`` goes
+    first; ties go to the least recently used. ``cost``: seconds to wake m again (the
+    measured wake); ``size``: bytes it frees. Not thread-safe: the switcher's lock."""
+
+    def __init__(self) -> None:
+        self.clock = 0.0
+        self._freq: dict[str, int] = {}
+        self._h: dict[str, float] = {}
+
+    def hit(self, model: str, cost: float, size: int, count: int = 1) -> None:
+        """``count`` requests for ``model`` were served while it was awake (a wake counts one)."""
+        freq = self._freq.get(model, 0) + count
+        self._freq[model] = freq
+        self._h[model] = self.clock + freq * cost / max(size, 1)
+
+    def score(self, model: str) -> float:
+        return self._h.get(model, self.clock)
+
+    def evicted(self, model: str) -> None:
+        """``model`` was put to sleep to make room: the clock moves up to its score."""
+        self.clock = max(self.clock, self._h.pop(model, self.clock))
+        self._freq.pop(model, None)
+
+    def forget(self, model: str) -> None:
+        """``model`` went to sleep for another reason (idle, admin): no clock move."""
+        self._h.pop(model, None)
+        self._freq.pop(model, None)
+
+
+def never_fits(budget: Budget) -> dict[str, str]:
+    """Model -> why it can never be woken under ``budget`` with declared sizes (with
+    every pinned model awake and every other model's asleep share held), for config
+    validation; empty when every model can."""
+    problems = {}
+    limit = budget.budget - budget.headroom
+    for name, spec in budget.models.items():
+        pinned = [m for m in budget.models if m != name and budget.pinned(m)]
+        clash = [m for m in pinned if budget.exclusive(m, name)]
+        if clash:
+            problems[name] = f"is exclusive_with pinned model(s) {', '.join(clash)}"
+            continue
+        need = spec.awake + sum(budget.models[m].awake for m in pinned)
+        need += sum(s.asleep for m, s in budget.models.items() if m != name and m not in pinned)
+        if need > limit:
+            problems[name] = (
+                f"needs {format_bytes(need)} with the pinned models awake and the others' "
+                f"memory_asleep held, above the budget less headroom ({format_bytes(limit)})"
+            )
+    return problems
+
+
+UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a size: an integer (bytes) or a string such as ``"80GiB"``,
+    ``"1.5 GB"``, ``"512MiB"`` (IEC units are powers of 1024, SI ones of 1000, as
+    IEC 80000-13 defines them; case-insensitive). ValueError for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("kmgtib")
+        unit = text[len(number) :]
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = math.nan
+        if unit in UNITS and math.isfinite(amount) and amount >= 0:
+            return int(amount * UNITS[unit])
+    raise ValueError(f"expected a size such as 40GiB, 512MiB or a number of bytes, got {value!r}")
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes in the largest IEC unit that leaves at least 1 (``"40.0GiB"``)."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(count) >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return f"{int(count)}B"
+
+
+def order_key(
+    eviction: str, gdsf: Gdsf, last_used: Mapping[str, float]
+) -> Callable[[str], tuple[float, float]]:
+    """The ``order`` for :func:`plan`: GDSF score then least recent use, or LRU alone."""
+    if eviction == "lru":
+        return lambda m: (last_used.get(m, 0.0), 0.0)
+    return lambda m: (gdsf.score(m), last_used.get(m, 0.0))

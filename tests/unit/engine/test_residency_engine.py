@@ -1,0 +1,227 @@
+"""Several models awake under a memory budget, driven step by step (fake clock, hooks
+that end when the test says). The harness checks after every step that the models
+up fit the budget, that no ``exclusive_with`` pair is up together and that wakes
+and sleeps never overlap (tests/support/engine.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llmux.engine.cost_aware import CostAwarePolicy
+from llmux.engine.policy import FifoPolicy
+from llmux.engine.residency import Budget, ModelMemory
+from llmux.errors import ModelUnavailable
+from tests.support.engine import Harness
+
+GiB = 1024**3
+
+
+def budget(total=80, headroom=0, eviction="gdsf", **models) -> Budget:
+    specs = {}
+    for name, spec in models.items():
+        if isinstance(spec, int):
+            spec = {"awake": spec}
+        spec = dict(spec)
+        spec["awake"] *= GiB
+        spec["asleep"] = spec.get("asleep", 0) * GiB
+        spec["exclusive_with"] = frozenset(spec.get("exclusive_with", ()))
+        specs[name] = ModelMemory(**spec)
+    return Budget(total * GiB, headroom * GiB, specs, eviction=eviction)
+
+
+def harness(b: Budget, **kwargs) -> Harness:
+    return Harness(list(b.models), budget=b, **kwargs)
+
+
+def wake(h: Harness, model: str, secs: float = 0.0):
+    """Bring ``model`` up through a request, answering every sleep hook on the way;
+    the wake hook takes ``secs`` on the fake clock. Returns the request, released."""
+    r = h.request(model)
+    for _ in range(10):
+        if r.admitted:
+            break
+        pending = h.hooks_pending()
+        assert pending, f"{model} waits with no hook running: {h.status()['models']}"
+        name, kind = pending[0]
+        if kind == "wake":
+            h.advance(secs)
+        h.finish(name, kind)
+    assert r.admitted
+    h.release(r)
+    return r
+
+
+def up(h: Harness) -> list[str]:
+    return sorted(h.status()["awake"])
+
+
+def test_models_that_fit_together_are_awake_together_and_serve_at_once():
+    h = harness(budget(chat=40, embed=2, coder=30))
+    for model in ("chat", "embed", "coder"):
+        wake(h, model)
+    assert up(h) == ["chat", "coder", "embed"]
+    assert h.calls.count(("chat", "sleep")) == 0
+    rs = [h.request(m) for m in ("chat", "embed", "coder", "chat")]
+    assert all(r.admitted for r in rs) and not h.switching
+    assert h.status()["active"] == "coder"  # the one that woke last
+
+
+def test_a_wake_that_needs_room_puts_an_idle_model_to_sleep_not_the_busy_one():
+    h = harness(budget(a=40, b=30, c=30))
+    wake(h, "a")
+    wake(h, "b")
+    busy = h.request("a")
+    c = h.request("c")
+    assert h.state("b") == "sleeping" and h.state("a") == "awake"
+    assert h.hooks_pending() == [("b", "sleep")]
+    assert h.request("a").admitted  # the busy model keeps serving meanwhile
+    h.finish("b", "sleep")
+    h.finish("c", "wake")
+    assert c.admitted and up(h) == ["a", "c"]
+    h.release(busy)
+
+
+def test_only_busy_models_left_the_request_waits_for_one_to_drain():
+    h = harness(budget(a=40, b=40, c=40))
+    wake(h, "a")
+    wake(h, "b")
+    held_a, held_b = h.request("a"), h.request("b")
+    c = h.request("c")
+    victim = next(m for m in ("a", "b") if h.state(m) == "draining")
+    other = "b" if victim == "a" else "a"
+    assert h.state(other) == "awake" and h.hooks_pending() == []
+    h.release(held_a if victim == "a" else held_b)
+    h.finish(victim, "sleep")
+    h.finish("c", "wake")
+    assert c.admitted and up(h) == sorted([other, "c"])
+    h.release(held_b if victim == "a" else held_a)
+
+
+@pytest.mark.parametrize("eviction, evicted", [("gdsf", "cheap"), ("lru", "costly")])
+def test_cost_aware_eviction_keeps_the_model_that_is_dear_to_wake(eviction, evicted):
+    """Both idle and the same size; the costly one (60 s to wake) was used less
+    recently. GDSF puts the cheap one (2 s) to sleep; LRU the costly one."""
+    h = harness(budget(eviction=eviction, costly=40, cheap=40, new=40))
+    wake(h, "costly", secs=60.0)
+    wake(h, "cheap", secs=2.0)
+    h.advance(1.0)
+    wake(h, "new")
+    assert up(h) == sorted({"costly", "cheap", "new"} - {evicted})
+    assert h.calls.count((evicted, "sleep")) == 1
+
+
+def test_a_pinned_model_is_never_put_to_sleep_to_make_room():
+    h = harness(budget(embed={"awake": 10, "pin": True}, a=60, b=60))
+    wake(h, "embed")
+    for model in ("a", "b", "a", "b"):
+        wake(h, model)
+        assert "embed" in up(h)
+    assert h.calls.count(("embed", "sleep")) == 0
+
+
+def test_exclusive_models_are_never_awake_together_whatever_the_numbers_say():
+    h = harness(budget(chat=10, coder={"awake": 10, "exclusive_with": ["chat"]}, x=10))
+    wake(h, "chat")
+    wake(h, "x")
+    wake(h, "coder")
+    assert up(h) == ["coder", "x"]
+    wake(h, "chat")
+    assert up(h) == ["chat", "x"]
+
+
+def test_memory_held_asleep_counts_against_the_budget():
+    # 40 + 30 awake = 70, plus c's 15 held asleep = 85 > 80: a must sleep for b
+    h = harness(budget(a=40, b=30, c={"awake": 20, "asleep": 15}))
+    wake(h, "a")
+    wake(h, "b")
+    assert up(h) == ["b"]
+
+
+def test_a_model_measured_past_the_budget_fails_its_requests_clearly():
+    h = harness(budget(a=40, b=30))
+    h.sw._measured["b"] = 90 * GiB  # what a probe saw a wake of b take
+    r = h.request("b")
+    assert isinstance(r.error, ModelUnavailable)
+    assert "does not fit in the memory budget" in str(r.error)
+    assert h.hooks_pending() == []
+
+
+def test_idle_models_sleep_each_after_its_own_idle_time():
+    h = harness(budget(a=10, b=10), idle={"a": 5.0, "b": 20.0})
+    wake(h, "a")
+    wake(h, "b")
+    h.advance(6.0)
+    assert h.hooks_pending() == [("a", "sleep")]
+    h.finish("a", "sleep")
+    h.advance(15.0)
+    assert h.hooks_pending() == [("b", "sleep")]
+    h.finish("b", "sleep")
+    assert up(h) == []
+
+
+def test_a_retargeted_switch_revises_what_it_puts_to_sleep():
+    """A switch for c begins by draining a; the waiter for c leaves and one for d,
+    which fits beside a, comes: a serves again and d wakes without a sleeping."""
+    h = harness(budget(a=50, b=10, c=40, d=20))
+    wake(h, "a")
+    held = h.request("a")
+    c = h.request("c")
+    assert h.state("a") == "draining"
+    h.cancel(c)
+    d = h.request("d")
+    h.release(held)
+    h.finish("d", "wake")
+    assert d.admitted and up(h) == ["a", "d"]
+    assert h.calls.count(("a", "sleep")) == 0
+
+
+@pytest.mark.parametrize("policy", [FifoPolicy, CostAwarePolicy])
+def test_a_storm_under_a_budget_never_breaks_it_and_serves_everyone(policy):
+    """300 steps of random arrivals, releases, departures and hook outcomes over four
+    models of which two or three fit, one pinned and an exclusive pair; the harness
+    checks the budget, the exclusion and one hook at a time after every step."""
+    rng = random.Random(11)
+    h = Harness(
+        ("a", "b", "c", "e"),
+        policy=policy(),
+        failure_backoff_secs=0.5,
+        budget=budget(
+            total=60,
+            a=30,
+            b={"awake": 30, "exclusive_with": ["c"]},
+            c=20,
+            e={"awake": 10, "pin": True},
+        ),
+    )
+    for _ in range(300):
+        roll = rng.random()
+        held = [r for r in h.requests if r.admitted and not r.released]
+        queued = [r for r in h.requests if r.queued]
+        if roll < 0.4:
+            h.request(rng.choice("abce"))
+        elif roll < 0.6 and held:
+            h.release(rng.choice(held))
+        elif roll < 0.65 and queued:
+            h.cancel(rng.choice(queued))
+        elif roll < 0.9 and h.hooks_pending():
+            model, kind = rng.choice(h.hooks_pending())
+            h.finish(model, kind, rc=0 if rng.random() < 0.9 else 1)
+        else:
+            h.advance(rng.choice([0.1, 1.0]))
+    for _ in range(1000):
+        held = [r for r in h.requests if r.admitted and not r.released]
+        if held:
+            h.release(*held)
+        elif h.hooks_pending():
+            h.finish(*h.hooks_pending()[0])
+        elif any(r.queued for r in h.requests):
+            h.advance(1.0)
+        else:
+            break
+    assert not any(r.queued for r in h.requests), "a request was never settled"
+    assert not h.switching
+    assert sum(r.admitted for r in h.requests) > 50
+    drained = [f for f in h.events.of("state_changed") if f[:2] == ("e", "draining")]
+    assert drained == []  # pinned: never drained to be put to sleep for room
