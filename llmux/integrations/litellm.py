@@ -30,15 +30,18 @@ Which node a deployment is: ``model_info.llmux_node`` (a base URL such as
 ``http://gpu-a:3000``), else its ``api_base`` without a trailing ``/v1``; its model on
 that node: ``model_info.llmux_model``, else ``litellm_params.model`` without its
 provider prefix. A node is polled with the deployment's ``api_key`` as a Bearer token
-(llmux's ``api_keys``). Settings, from the environment: ``LLMUX_LITELLM_POLL_SECS``
-(1), ``LLMUX_LITELLM_MAX_AGE_SECS`` (5: an older answer counts as none, so a dead
-node is skipped), ``LLMUX_LITELLM_SPILL_FACTOR`` (2). Tested with LiteLLM 1.108.7.
+(llmux's ``api_keys``); a deployment may name the model by one of the node's
+aliases (``GET /llmux/state`` lists them). Settings, from the environment:
+``LLMUX_LITELLM_POLL_SECS`` (1), ``LLMUX_LITELLM_MAX_AGE_SECS`` (5: an older answer
+counts as none, so a dead node is skipped; above the poll interval),
+``LLMUX_LITELLM_SPILL_FACTOR`` (2); positive and finite. Tested with LiteLLM 1.108.7.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
@@ -54,10 +57,33 @@ log = logging.getLogger("llmux.integrations.litellm")
 
 
 def _setting(name: str, default: float) -> float:
-    value = float(os.environ.get(name, default))
-    if not value > 0:
-        raise ValueError(f"{name} must be above 0, got {value}")
+    """A positive, finite number from the environment variable ``name``; ValueError
+    naming the variable otherwise (a value such as ``inf`` would switch routing off)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a number of seconds above 0, got {raw!r}")
     return value
+
+
+def settings() -> tuple[float, float, float]:
+    """``(poll_secs, max_age_secs, spill_factor)`` from ``LLMUX_LITELLM_*``; ValueError
+    when one is bad or the poll is not more frequent than the answers' age limit
+    (else every node's answer would go stale between polls)."""
+    poll = _setting("LLMUX_LITELLM_POLL_SECS", 1.0)
+    max_age = _setting("LLMUX_LITELLM_MAX_AGE_SECS", 5.0)
+    spill = _setting("LLMUX_LITELLM_SPILL_FACTOR", 2.0)
+    if poll >= max_age:
+        raise ValueError(
+            f"LLMUX_LITELLM_POLL_SECS ({poll:g}) must be below LLMUX_LITELLM_MAX_AGE_SECS "
+            f"({max_age:g}): answers would go stale between polls"
+        )
+    return poll, max_age, spill
 
 
 def is_llmux(deployment: dict) -> bool:
@@ -98,12 +124,35 @@ class NodeStates:
         self.clock = clock
         self.nodes: dict[str, str | None] = {}  # node -> the API key to poll it with
         self._latest: dict[str, tuple[float, dict]] = {}
+        # node -> model -> requests sent there since its last answer, which it cannot
+        # count yet: a burst spreads over nodes where the model is awake
+        self._sent: dict[str, dict[str, int]] = {}
 
     def get(self, node: str) -> dict | None:
         seen = self._latest.get(node)
         if seen is None or self.clock() - seen[0] > self.max_age:
             return None
         return seen[1]
+
+    def entry(self, node: str, model: str) -> tuple[dict | None, dict | None]:
+        """``(state, entry)``: the node's fresh answer and its entry for ``model`` (by
+        name or alias), with the requests sent since the answer counted in flight."""
+        state = self.get(node)
+        if state is None:
+            return None, None
+        name = (state.get("aliases") or {}).get(model, model)
+        entry = state["models"].get(name)
+        sent = self._sent.get(node, {}).get(name, 0)
+        if entry is not None and sent:
+            entry = {**entry, "in_flight": entry["in_flight"] + sent}
+        return state, entry
+
+    def sent(self, node: str, model: str) -> None:
+        """A request for ``model`` (its name or alias on the node) was sent to ``node``."""
+        state = self.get(node)
+        name = (state.get("aliases") or {}).get(model, model) if state else model
+        counts = self._sent.setdefault(node, {})
+        counts[name] = counts.get(name, 0) + 1
 
     def learn(self, deployments: list[dict]) -> None:
         """Poll the nodes of these deployments from now on."""
@@ -130,6 +179,7 @@ class NodeStates:
             if not _valid(body):
                 raise ValueError("not an llmux /llmux/state answer")
             self._latest[node] = (self.clock(), body)
+            self._sent.pop(node, None)
         except Exception as exc:  # noqa: BLE001 - one bad node never stops the poll of others
             log.debug("llmux node %s: %s", node, exc)
 
@@ -207,13 +257,25 @@ class LlmuxRoutingStrategy(CustomRoutingStrategyBase):
         # each node's state under the group's name, whatever the model is called there
         views = {}
         for node, deployment in by_node.items():
-            state = self.states.get(node)
-            entry = state["models"].get(model_of(deployment)) if state else None
+            state, entry = self.states.entry(node, model_of(deployment))
             if entry is not None:  # the node's other models tell whether it is busy
                 views[node] = {**state, "models": {**state["models"], model: entry}}
             else:
                 views[node] = None
-        return by_node[choose(model, list(by_node), views, self.spill_factor)]
+        node = choose(model, list(by_node), views, self.spill_factor)
+        self.states.sent(node, model_of(by_node[node]))
+        return by_node[node]
+
+
+def _say(message: str, level: int = logging.INFO) -> None:
+    """Log to ``llmux.integrations.litellm``, on standard error when nothing else
+    handles it (the proxy configures only its own loggers), so an operator sees it."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s llmux: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    log.log(level, "%s", message)
 
 
 def _tried(router: Router, kwargs: dict) -> set:
@@ -229,10 +291,8 @@ class LlmuxProxyHandler(CustomLogger):
 
     def __init__(self):
         super().__init__()
-        self.states = NodeStates(
-            _setting("LLMUX_LITELLM_POLL_SECS", 1.0), _setting("LLMUX_LITELLM_MAX_AGE_SECS", 5.0)
-        )
-        self.spill_factor = _setting("LLMUX_LITELLM_SPILL_FACTOR", 2.0)
+        poll, max_age, self.spill_factor = settings()
+        self.states = NodeStates(poll, max_age)
         self._tasks: list[asyncio.Task] = []
         try:  # the proxy imports callbacks inside its async start-up
             self._start(asyncio.get_running_loop())
@@ -264,7 +324,19 @@ class LlmuxProxyHandler(CustomLogger):
         )
         ours = [d for d in router.model_list if is_llmux(d)]
         self.states.learn(ours)
-        log.info("llmux routing installed for %d llmux deployments", len(ours))
+        _say(f"llmux routing installed for {len(ours)} llmux deployments")
+        checked = [
+            d["model_name"]
+            for d in ours
+            if not (d.get("model_info") or {}).get("disable_background_health_check")
+        ]
+        if getattr(proxy, "use_background_health_checks", False) and checked:
+            _say(
+                "background health checks send real requests, which wake models on every "
+                "llmux node: set model_info.disable_background_health_check: true on the "
+                f"llmux deployments of {', '.join(sorted(set(checked)))}",
+                logging.WARNING,
+            )
 
     async def _keep_installed(self) -> None:
         while True:  # a router rebuilt from the database drops a custom strategy

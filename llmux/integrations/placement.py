@@ -10,10 +10,12 @@ The rule, in order (``docs/scale-out.md``):
 1. a node where the model is awake, the least loaded (in flight plus queued);
 2. else a node where it is waking, the soonest ready;
 3. else a *free* node, one with nothing in flight, queued or switching (waking the
-   model there cuts nobody's work): of the free nodes, the one a rendezvous hash of
-   (model, node) ranks first (Thaler & Ravishankar, "Using name-based mappings to
-   increase hit rates", IEEE/ACM ToN 6(1), 1998), so that every router instance picks
-   the same node, not one each;
+   model there cuts nobody's work): an *empty* one (nothing awake: no model is put
+   to sleep for it) before one whose models are awake but idle, so two models used
+   in turn settle on two nodes instead of evicting each other on one; among equals,
+   the one a rendezvous hash of (model, node) ranks first (Thaler & Ravishankar,
+   "Using name-based mappings to increase hit rates", IEEE/ACM ToN 6(1), 1998), so
+   that every router instance picks the same node, not one each;
 4. else, every node being busy, the model's *home* node (the hash's first of all),
    unless its estimated wait exceeds ``spill_factor`` times the best node's, when the
    best node takes it.
@@ -75,7 +77,8 @@ def choose(
         return min(waking, key=lambda n: (_wait(signals[n]), tie(n)))
     free = [n for n in signals if not _busy(states[n])]
     if free:
-        return home(model, free)
+        empty = [n for n in free if not _awake(states[n])]
+        return home(model, empty or free)
     first = home(model, list(signals))
     best = min(signals, key=lambda n: (_wait(signals[n]), tie(n)))
     if _wait(signals[first]) > spill_factor * _wait(signals[best]):
@@ -93,6 +96,11 @@ def _busy(state: Mapping) -> bool:
 
 
 SWITCHING = ("waking", "draining", "sleeping")
+
+
+def _awake(state: Mapping) -> bool:
+    """Whether a node has any model awake."""
+    return any(entry.get("state") == "awake" for entry in state.get("models", {}).values())
 
 
 def _wait(signal: Mapping) -> float:

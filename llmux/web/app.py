@@ -206,13 +206,16 @@ class Gateway:
         """``GET /llmux/state``: what a router needs to place a request on this node.
 
         ``{"node", "time" (Unix seconds), "models": {name: {state, in_flight, queued,
-        oldest_wait_secs, estimated_wait_secs}}}`` (:meth:`Switcher.models_state`).
+        oldest_wait_secs, estimated_wait_secs}}, "aliases": {alias: model}}``
+        (:meth:`Switcher.models_state`); a router that knows a model by an alias finds
+        its entry through ``aliases``.
         """
         config = self.config
         return {
             "node": self.node_name(config),
             "time": round(time.time(), 3),
             "models": self.switcher.models_state(),
+            "aliases": {a: n for a, n in config.names.items() if a != n},
         }
 
     def status(self) -> dict:
@@ -488,7 +491,9 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         if error.code == 404:
-            return llmux_error(NotFound(f"no route for {request.path[:128]}"))
+            path = request.path[:128]
+            extra = gateway.config.proxy.extra_paths
+            return llmux_error(NotFound(f"no route for {path}{inbound.hint(path, extra)}"))
         return llmux_error(_http_error(error))
 
     @app.errorhandler(Exception)

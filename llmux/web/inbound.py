@@ -69,7 +69,17 @@ def routed_path(environ: dict, extra_paths: Iterable[str] = ()) -> str:
         for prefix in (*ROUTED_PATHS, *extra_paths):
             if path == prefix or path.startswith(prefix + "/"):
                 return path
-    raise NotFound(f"no route for {clip(path)}")
+    raise NotFound(f"no route for {clip(path)}{hint(path, extra_paths)}")
+
+
+def hint(path: str, extra_paths: Iterable[str] = ()) -> str:
+    """`` (did you mean /v1/...?)`` when ``path`` lacks the ``/v1`` a routed path has (a
+    client's base URL without ``/v1``), else ``""``."""
+    prefixed = "/v1" + path
+    for prefix in (*ROUTED_PATHS, *extra_paths):
+        if prefixed == prefix or prefixed.startswith(prefix + "/"):
+            return f" (did you mean {clip(prefixed)}? a client's base URL ends in /v1)"
+    return ""
 
 
 def urgency(environ: dict) -> int:

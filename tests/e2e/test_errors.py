@@ -155,6 +155,18 @@ def test_unrouted_paths_are_not_found_and_never_forwarded(llmux, path):
     assert llmux.hook_runs() == []
 
 
+def test_a_path_missing_v1_is_not_found_with_a_hint(llmux):
+    for method in ("POST", "GET"):  # routed by llmux's own dispatch, and by Flask's 404
+        r = requests.request(
+            method, llmux.url + "/chat/completions", json={"model": "a"}, timeout=10
+        )
+        message = r.json()["error"]["message"]
+        assert r.status_code == 404 and "did you mean /v1/chat/completions?" in message, message
+    r = requests.post(llmux.url + "/nothing", json={"model": "a"}, timeout=10)
+    assert r.status_code == 404 and "did you mean" not in r.json()["error"]["message"]
+    assert llmux.hook_runs() == []
+
+
 def test_queue_full(llmux_factory):
     server = llmux_factory(model_env={"HOOK_WAKE_SECS": 1.5}, policy={"max_queue_depth": 1})
     first = threading.Thread(target=server.chat, args=("a",))

@@ -222,3 +222,64 @@ def test_a_dead_node_is_routed_around(llmux_factory, litellm):
         assert proxy.chat("a")
     assert served(node_b, "a") == 1 + 3
     assert state(node_b, "a") == "awake"
+
+
+STRATEGY_CHECKS = r"""
+import json, os
+from llmux.integrations import litellm as lx
+
+out = {}
+for env in ({"LLMUX_LITELLM_POLL_SECS": "inf"}, {"LLMUX_LITELLM_MAX_AGE_SECS": "abc"},
+            {"LLMUX_LITELLM_SPILL_FACTOR": "-1"},
+            {"LLMUX_LITELLM_POLL_SECS": "5", "LLMUX_LITELLM_MAX_AGE_SECS": "5"}):
+    os.environ.update(env)
+    try:
+        lx.settings()
+        out[json.dumps(env)] = "accepted"
+    except ValueError as exc:
+        out[json.dumps(env)] = str(exc)
+    for name in env:
+        del os.environ[name]
+out["defaults"] = lx.settings()
+
+now = [100.0]
+states = lx.NodeStates(1.0, 5.0, clock=lambda: now[0])
+body = {"node": "a", "models": {"qwen": {"state": "awake", "in_flight": 1, "queued": 0,
+        "estimated_wait_secs": 0.0}}, "aliases": {"gpt-4o-mini": "qwen"}}
+states._latest["http://a"] = (now[0], body)
+out["by_alias"] = states.entry("http://a", "gpt-4o-mini")[1]
+states.sent("http://a", "gpt-4o-mini")
+states.sent("http://a", "qwen")
+out["after_two_sent"] = states.entry("http://a", "qwen")[1]["in_flight"]
+now[0] += 6.0
+out["stale"] = states.entry("http://a", "qwen")
+print(json.dumps(out))
+"""
+
+
+def test_the_strategy_refuses_bad_settings_by_name_and_knows_aliases(litellm_venv):
+    """Run in LiteLLM's virtualenv: settings that would switch routing off are refused,
+    naming the variable; a deployment may name a model by a node's alias; requests sent
+    since a node's last answer count as in flight there."""
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", NO_PROXY="*")
+    for name in list(env):
+        if name.startswith("LLMUX_LITELLM_"):
+            del env[name]
+    done = subprocess.run(
+        [str(litellm_venv / "bin" / "python"), "-c", STRATEGY_CHECKS],
+        capture_output=True, text=True, timeout=120, env=env, cwd=litellm_venv,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert (
+        "LLMUX_LITELLM_POLL_SECS must be a number of seconds above 0, got 'inf'"
+        in out['{"LLMUX_LITELLM_POLL_SECS": "inf"}']
+    )
+    assert "LLMUX_LITELLM_MAX_AGE_SECS" in out['{"LLMUX_LITELLM_MAX_AGE_SECS": "abc"}']
+    assert "LLMUX_LITELLM_SPILL_FACTOR" in out['{"LLMUX_LITELLM_SPILL_FACTOR": "-1"}']
+    both = '{"LLMUX_LITELLM_POLL_SECS": "5", "LLMUX_LITELLM_MAX_AGE_SECS": "5"}'
+    assert "must be below LLMUX_LITELLM_MAX_AGE_SECS" in out[both]
+    assert out["defaults"] == [1.0, 5.0, 2.0]
+    assert out["by_alias"]["state"] == "awake"
+    assert out["after_two_sent"] == 3
+    assert out["stale"] == [None, None]

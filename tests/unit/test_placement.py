@@ -65,6 +65,27 @@ def test_a_free_node_wakes_it_rather_than_a_busy_home():
     assert chosen == home("qwen", [n for n in NODES if n != first])  # the same from any router
 
 
+def test_two_models_used_in_turn_settle_on_two_nodes_rather_than_evict_each_other():
+    """Both models' home is the same node; once one is awake there (idle), the other
+    goes to an empty node, not home, where it would put the first to sleep."""
+    nodes = NODES[:2]
+    pair = next(
+        (f"m{i}", f"m{j}")
+        for i in range(50)
+        for j in range(i + 1, 50)
+        if home(f"m{i}", nodes) == home(f"m{j}", nodes)
+    )
+    first, second = pair
+    shared = home(first, nodes)
+    empty = next(n for n in nodes if n != shared)
+    states = {n: node_state(**{first: asleep(), second: asleep()}) for n in nodes}
+    assert choose(first, nodes, states) == shared
+    states[shared] = node_state(**{first: ("awake", 0, 0, 0.0), second: asleep()})
+    assert choose(second, nodes, states) == empty
+    states[empty] = node_state(**{first: asleep(), second: ("awake", 0, 0, 0.0)})
+    assert choose(first, nodes, states) == shared and choose(second, nodes, states) == empty
+
+
 def test_with_every_node_busy_a_busy_home_spills_only_past_the_factor():
     first = home("qwen", NODES)
     other = next(n for n in NODES if n != first)
