@@ -33,6 +33,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -138,9 +139,9 @@ def routed_right(record: dict, stories: list[dict]) -> bool:
     return not where or record["_node"] in where
 
 
-def drive(url: str, trace) -> int:
-    """Every arrival at its time, through the proxy; the number that failed."""
-    failed = [0]
+def drive(url: str, trace) -> list[str]:
+    """Every arrival at its time, through the proxy; why each failed one failed."""
+    failed: list[str] = []
     start = time.monotonic() + 1.0
     headers = {"Authorization": f"Bearer {MASTER}"}
 
@@ -156,16 +157,16 @@ def drive(url: str, trace) -> int:
         try:
             r = requests.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=600)
             if r.status_code != 200:
-                failed[0] += 1
-        except requests.RequestException:
-            failed[0] += 1
+                failed.append(f"{a.model} at {a.at:.1f} s: {r.status_code} {r.text[:300]}")
+        except requests.RequestException as exc:
+            failed.append(f"{a.model} at {a.at:.1f} s: {exc}")
 
     threads = [threading.Thread(target=one, args=(a,)) for a in trace.arrivals]
     for t in threads:
         t.start()
     for t in threads:
         t.join(900)
-    return failed[0]
+    return failed
 
 
 def run(strategy: str, trace, args) -> dict:
@@ -267,12 +268,14 @@ def main() -> None:
     for r in rows:
         share = r["landed_awake"] / max(r["requests"], 1)
         right = r["routed_right"] / max(r["requests"], 1)
-        print(f"| {r['strategy']} | {r['requests']} | {r['failed']} | {right:.1%} | {share:.1%} "
+        failed = len(r["failed"])
+        print(f"| {r['strategy']} | {r['requests']} | {failed} | {right:.1%} | {share:.1%} "
               f"| {r['wakes']} "
               f"| {r['oracle_wakes']} | {r['wakes'] / max(r['oracle_wakes'], 1):.2f} "
               f"| {r['mean_wait']:.1f} s | {r['p99_wait']:.1f} s |")  # fmt: skip
-    if any(r["failed"] for r in rows):
-        raise SystemExit("requests failed: see the table")
+    for r in rows:
+        for why in r["failed"]:
+            print(f"failed ({r['strategy']}): {why}", file=sys.stderr)
     for r in rows:
         if r["latency"]:
             lat = r["latency"]
@@ -282,6 +285,8 @@ def main() -> None:
                 f"p99 {lat['proxy']['p99'] * 1000:.1f} ms; straight to llmux p50 "
                 f"{lat['direct']['p50'] * 1000:.1f} ms; LiteLLM adds {added:.1f} ms at p50"
             )
+    if any(r["failed"] for r in rows):
+        raise SystemExit("requests failed: see the table and the reasons above")
 
 
 if __name__ == "__main__":

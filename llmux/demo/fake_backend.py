@@ -34,6 +34,8 @@ import gevent
 from gevent.pywsgi import WSGIServer
 from werkzeug.formparser import parse_form_data
 
+from . import fake_gpu
+
 KNOBS = {
     "status": "answer with this HTTP status and an error body",
     "exit_before_headers": "kill the whole server process before answering",
@@ -311,7 +313,15 @@ def main(argv: list[str] | None = None) -> None:
         help="print a line per request to stdout, and die of SIGPIPE when stdout is gone "
         "(as llama-server and other C servers do)",
     )
+    parser.add_argument(
+        "--gpu-ledger",
+        help="a fake GPU's ledger (llmux.demo.fake_gpu): claim the memory the wake hook "
+        "reserved under this backend's port, freed once this process is gone",
+    )
     args = parser.parse_args(argv)
+    if args.gpu_ledger and not fake_gpu.claim(args.gpu_ledger, str(args.port), os.getpid()):
+        print(f"no fake GPU memory reserved for port {args.port}", file=sys.stderr, flush=True)
+        sys.exit(1)
     if args.chatty:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.startup_ms:

@@ -183,6 +183,33 @@ class SwitchFinished(Event):
     phases: dict | None = None  # drain / sleep / wake seconds
 
 
+@_event("model_evicted")
+class ModelEvicted(Event):
+    model: str
+    for_model: str
+    reason: str  # room | exclusive | out_of_memory
+
+
+@_event("memory_probed")
+class MemoryProbed(Event):
+    used_bytes: int  # the device's memory in use, as the probe printed it
+
+
+@_event("memory_measured")
+class MemoryMeasured(Event):
+    model: str
+    took_bytes: int  # what this wake took (after minus before, plus what it held asleep)
+    declared_bytes: int
+    measured_bytes: int  # the high percentile over its recent wakes
+
+
+@_event("wake_retried")
+class WakeRetried(Event):
+    model: str
+    evicted: str  # put to sleep to make room for the retry
+    error: str  # the out-of-memory failure of the first attempt
+
+
 class Observer:
     """Receives events; the default :meth:`emit` calls the method named ``event.kind``
     (a no-op unless a subclass defines it)."""

@@ -22,6 +22,8 @@ patched, so a running hook never blocks other requests.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 from ..polling import readable
 from . import spawn
 from .hook_output import TAIL_BYTES, OutputKeeper, Progress, Tail, read_some
+
+log = logging.getLogger("llmux.hooks")
 
 __all__ = ["TAIL_BYTES", "HookResult", "HookRunner", "OutputKeeper", "Progress", "run_hook"]
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
@@ -69,6 +73,18 @@ class HookResult:
             what = f"{self.hook} hook failed with exit code {self.returncode}"
         tail = self.stderr.strip()[-500:]
         return f"{what}: {tail}" if tail else what
+
+
+def _mib_used(stdout: str) -> float | None:
+    """The MiB a probe printed: the sum of its lines' numbers; None if a line is not one."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    try:
+        values = [float(line.split()[0].rstrip(",")) for line in lines]
+    except ValueError:
+        return None
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        return None
+    return sum(values)
 
 
 def run_hook(
@@ -341,6 +357,34 @@ class HookRunner:
             progress=progress,
             stop=stop,
         )
+
+    def probe_memory(self) -> int | None:
+        """Bytes the device has in use, from ``memory.probe`` (a shell command that
+        prints MiB used, as ``nvidia-smi --query-gpu=memory.used
+        --format=csv,noheader,nounits`` does; with several lines, one per GPU, their
+        sum); None without a probe, or when it fails, times out or prints no number
+        (the reason logged as ``memory_probe_failed``)."""
+        config = self.config
+        snippet = config.memory.probe
+        if not snippet:
+            return None
+        env = dict(os.environ)
+        env.setdefault("LLMUX_PYTHON", sys.executable)
+        result = run_hook(
+            snippet,
+            hook="probe",
+            timeout=config.memory.probe_timeout_secs,
+            kill_grace=1.0,
+            cwd=config.base_dir,
+            env=env,
+            tracker=self.tracker,
+        )
+        mib = _mib_used(result.stdout) if result.ok else None
+        if mib is None:
+            why = result.describe() if not result.ok else f"no number in {result.stdout[-200:]!r}"
+            log.warning("memory probe failed: %s", why, extra={"event": "memory_probe_failed"})
+            return None
+        return int(mib * 1024 * 1024)
 
     def progress(self, model: str) -> float | None:
         """The fraction (0-1) the last wake hook of ``model`` said it reached, or None."""

@@ -31,6 +31,7 @@ from .effects import AwaitDrain, Call, Pause, Procedure, RunHook
 from .estimates import RunningSwitch
 from .hooks import HookResult
 from .policy import SwitchTo, WaitUntil
+from .residency import looks_like_oom
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING
 
 log = logging.getLogger("llmux.switcher")
@@ -96,11 +97,16 @@ class Procedures:
                 break
             with self._locked:
                 self._emit(ev.DrainFinished(source, target, phases["drain"], True))
+                freed = self._freed_by(victims)
             t0 = self.clock()
+            before = yield from self._probe()
             while victims:
                 if not (yield from self._put_to_sleep(victims, target, started)):
                     return
+            before = yield from self._memory_back(before, freed)
             phases["sleep"] = self.clock() - t0
+        else:
+            before = yield from self._probe()
         with self._locked:
             target = self._commit(source, (), target, started, requested, phases)
             if target is None:
@@ -115,6 +121,15 @@ class Procedures:
             self._running = dataclasses.replace(self._running, wake_started=t0, stop=stop)
             self._check_wake_wanted()  # a preload may have nobody waiting from the start
         failure = yield from self._wake(target, stop)
+        if failure not in (None, ABORTED) and not self.budget.single and looks_like_oom(failure):
+            evicted = yield from self._retry_after_oom(target)
+            if evicted is not None:
+                with self._locked:
+                    self._emit(ev.WakeRetried(target, evicted, failure))
+                before = self._memory_used
+                failure = yield from self._wake(target, stop)
+        if failure is None:
+            yield from self._measured_wake(target, before)
         phases["wake"] = self.clock() - t0
         if failure is ABORTED:
             yield from self._stop_wake(source, target, started, phases)
@@ -285,7 +300,7 @@ class Procedures:
         with self._locked:
             victims.remove(m.name)
             if not self.budget.single:
-                self.gdsf.evicted(m.name)
+                self._evicted(m.name, target)
             self._went_to_sleep(m)
         return True
 

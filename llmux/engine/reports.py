@@ -113,6 +113,7 @@ class Reports:
                     }
                     for n, m in self._models.items()
                 },
+                "memory": self.memory_status(),
                 "last_switch": self.last_switch,
                 "switch_costs": [
                     {"from": a, "to": b, "ema_secs": secs}

@@ -26,7 +26,18 @@ import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Budget", "Gdsf", "ModelMemory", "Room", "plan"]
+__all__ = ["Budget", "Gdsf", "MeasuredSizes", "ModelMemory", "Room", "looks_like_oom", "plan"]
+
+# What a failed wake hook's output (the tail of stderr, then stdout) must contain, in any
+# case, to be taken for an out-of-memory: PyTorch's and CUDA's messages, vLLM's KV-cache
+# profiling failure, llama.cpp's "... failed: out of memory".
+OOM_PATTERNS = (
+    "out of memory",
+    "outofmemoryerror",
+    "no available memory for the cache blocks",
+    "cudaerrormemoryallocation",
+)
+OVER_DECLARED = 1.10  # a model measured past its declared size by more is reported
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,41 @@ class Gdsf:
         """``model`` went to sleep for another reason (idle, admin): no clock move."""
         self._h.pop(model, None)
         self._freq.pop(model, None)
+
+
+def looks_like_oom(text: str) -> bool:
+    """Whether a failed wake's description reads as an out-of-memory (:data:`OOM_PATTERNS`)."""
+    lowered = text.lower()
+    return any(pattern in lowered for pattern in OOM_PATTERNS)
+
+
+class MeasuredSizes:
+    """Per model, what its last ``keep`` wakes were measured to take (bytes: the device's
+    use after the wake minus before, plus what it held asleep), and their 95th percentile
+    (nearest rank), the size fitting uses when above the declared one."""
+
+    def __init__(self, keep: int = 20):
+        self.keep = keep
+        self._samples: dict[str, list[int]] = {}
+        self._p95: dict[str, int] = {}
+
+    def observe(self, model: str, nbytes: int) -> int:
+        samples = self._samples.setdefault(model, [])
+        samples.append(nbytes)
+        del samples[: -self.keep]
+        ranked = sorted(samples)
+        self._p95[model] = ranked[max(math.ceil(0.95 * len(ranked)) - 1, 0)]
+        return self._p95[model]
+
+    def get(self, model: str) -> int | None:
+        return self._p95.get(model)
+
+    def count(self, model: str) -> int:
+        return len(self._samples.get(model, ()))
+
+    def forget(self, model: str) -> None:
+        self._samples.pop(model, None)
+        self._p95.pop(model, None)
 
 
 def never_fits(budget: Budget) -> dict[str, str]:

@@ -18,6 +18,14 @@ leave). With several models up, the snapshot it gets is a projection:
 
 Without a budget the projection is exactly the one model up, so the policies
 decide as they did when one model was all llmux knew.
+
+With a ``memory.probe`` (``hooks.probe_memory``), a switch also measures
+(``../shared/notes/residency-and-scale-out.md`` §3.3-3.4): after putting models to
+sleep it waits, at most :data:`MEMORY_BACK_SECS`, until 80 % of what they held is
+free again (Ollama's ``waitForVRAMRecovery``); it reads the device before and after
+each wake and keeps what the wake took (:class:`~llmux.engine.residency.MeasuredSizes`).
+A wake that fails as out of memory (:func:`~llmux.engine.residency.looks_like_oom`)
+is retried once after one more idle model is put to sleep.
 """
 
 from __future__ import annotations
@@ -26,9 +34,17 @@ import dataclasses
 from collections.abc import Sequence
 
 from ..errors import ModelUnavailable
+from . import events as ev
+from .effects import Call, Pause, Procedure
 from .policy import Snapshot
-from .residency import Room, format_bytes, order_key, plan
+from .residency import OVER_DECLARED, Room, format_bytes, order_key, plan
+from .states import AWAKE, DRAINING, SLEEPING
 from .waiters import QueuesView, QueueWeights
+
+MEMORY_BACK_SECS = 5.0  # the longest wait for a sleep's memory to come back
+MEMORY_BACK_SHARE = 0.8  # ... and the share of it that must come back
+MEMORY_POLL_SECS = 0.25
+EVICTIONS_KEPT = 20  # the latest evictions the status shows
 
 
 class Residents:
@@ -37,7 +53,7 @@ class Residents:
     def _size(self, model: str) -> int:
         """Bytes ``model`` holds awake: the larger of declared and measured."""
         declared = self.budget.declared(model)
-        measured = self._measured.get(model) if self._measured else None
+        measured = None if self.budget.single else self.measured.get(model)
         return declared if measured is None else max(declared, measured)
 
     def _room(self, target: str) -> Room:
@@ -144,3 +160,129 @@ class Residents:
         """``count`` requests for the awake ``name`` were admitted: its score grows."""
         if not self.budget.single:
             self.gdsf.hit(name, self._wake_cost(name), self._size(name), count)
+
+    # --- measuring, with a probe (procedure steps: the lock is not held between them) ---
+
+    def _probe(self) -> Procedure:
+        """The device's memory in use (bytes) from the probe; None without one or on failure."""
+        probe = getattr(self.hooks, "probe_memory", None)
+        if probe is None or self.budget.single:
+            return None
+        used = yield Call(probe)
+        if used is not None:
+            with self._locked:
+                self._memory_used = used
+                self._emit(ev.MemoryProbed(used))
+        return used
+
+    def _memory_back(self, before: int | None, freed: int) -> Procedure:
+        """After sleeps that freed ``freed`` bytes (declared) from ``before``: the device's
+        use once :data:`MEMORY_BACK_SHARE` of it is back, or after :data:`MEMORY_BACK_SECS`."""
+        used = yield from self._probe()
+        if before is None or used is None or freed <= 0:
+            return used
+        deadline = self.clock() + MEMORY_BACK_SECS
+        while before - used < MEMORY_BACK_SHARE * freed and self.clock() < deadline:
+            yield Pause(MEMORY_POLL_SECS)
+            used = yield from self._probe()
+            if used is None:
+                return None
+        return used
+
+    def _measured_wake(self, model: str, before: int | None) -> Procedure:
+        """Read the device after ``model`` woke; keep what the wake took (lock not held)."""
+        if before is None:
+            return
+        after = yield from self._probe()
+        if after is None:
+            return
+        with self._locked:
+            took = max(after - before, 0) + self.budget.asleep(model)
+            declared = self.budget.declared(model)
+            measured = self.measured.observe(model, took)
+            self._emit(ev.MemoryMeasured(model, took, declared, measured))
+
+    def _freed_by(self, victims: Sequence[str]) -> int:
+        return sum(max(self._size(v) - self.budget.asleep(v), 0) for v in victims)
+
+    # --- evictions ---
+
+    def _evicted(self, victim: str, target: str, reason: str | None = None) -> None:
+        """``victim`` was put to sleep to make room for ``target`` (lock held)."""
+        if reason is None:
+            reason = "exclusive" if self.budget.exclusive(victim, target) else "room"
+        self.gdsf.evicted(victim)
+        self.evictions.append(
+            {"model": victim, "for": target, "reason": reason, "at": self.clock()}
+        )
+        self._emit(ev.ModelEvicted(victim, target, reason))
+
+    def _retry_after_oom(self, target: str) -> Procedure:
+        """Put one more idle, unpinned model to sleep so that a wake of ``target`` that
+        failed as out of memory can be tried again; the model put to sleep, or None
+        when there is none (or it would not go to sleep)."""
+        with self._locked:
+            idle = [
+                n
+                for n in self._up
+                if n != target
+                and self._models[n].state == AWAKE
+                and not self._models[n].in_flight
+                and not self._models[n].waiters
+                and not self.budget.pinned(n)
+            ]
+            if not idle:
+                return None
+            last_used = {n: self._models[n].last_used for n in idle}
+            victim = min(idle, key=order_key(self.budget.eviction, self.gdsf, last_used))
+            m = self._models[victim]
+            self._set_state(m, DRAINING)
+            self._set_state(m, SLEEPING)
+            before = self._memory_used
+        result, still_alive = yield from self._sleep_hook(victim)
+        with self._locked:
+            if not result.ok and still_alive:
+                self._set_state(m, AWAKE)
+                self._admit_all(m)
+                return None
+            self._evicted(victim, target, "out_of_memory")
+            self._went_to_sleep(m)
+            freed = self._freed_by([victim])
+        yield from self._memory_back(before, freed)
+        return victim
+
+    def memory_status(self) -> dict | None:
+        """The memory budget as the status shows it (bytes), None without one (lock held):
+        ``{"budget", "headroom", "eviction", "used_declared", "used_measured",
+        "models": {name: {"declared", "measured", "asleep", "pin", "exclusive_with",
+        "over_declared"}}, "evictions": [{"model", "for", "reason", "secs_ago"}]}``."""
+        budget = self.budget
+        if budget.single:
+            return None
+        now = self.clock()
+        used = sum(self._size(n) for n in self._up)
+        used += sum(budget.asleep(n) for n in budget.models if n not in self._up)
+        models = {}
+        for name in self._models:
+            declared, measured = budget.declared(name), self.measured.get(name)
+            spec = budget.models.get(name)
+            models[name] = {
+                "declared": declared,
+                "measured": measured,
+                "asleep": budget.asleep(name),
+                "pin": budget.pinned(name),
+                "exclusive_with": sorted(spec.exclusive_with) if spec else [],
+                "over_declared": measured is not None and measured > OVER_DECLARED * declared,
+            }
+        return {
+            "budget": budget.budget,
+            "headroom": budget.headroom,
+            "eviction": budget.eviction,
+            "used_declared": used,
+            "used_measured": self._memory_used,
+            "models": models,
+            "evictions": [
+                {k: v for k, v in e.items() if k != "at"} | {"secs_ago": round(now - e["at"], 1)}
+                for e in reversed(self.evictions)
+            ],
+        }

@@ -72,8 +72,8 @@ from .policy import (
 )
 from .procedures import Procedures
 from .reports import Reports
-from .residency import Budget, Gdsf
-from .residents import Residents
+from .residency import Budget, Gdsf, MeasuredSizes
+from .residents import EVICTIONS_KEPT, Residents
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
 from .timer import Deadlines
 from .waiters import Queue, Ticket, Waiter, holds
@@ -212,7 +212,9 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
         self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
         self.budget = budget or Budget.one_at_a_time(self._models)
         self.gdsf = Gdsf()  # eviction scores, under a budget
-        self._measured: dict[str, int] = {}  # model -> bytes a wake was measured to take
+        self.measured = MeasuredSizes()  # what wakes were measured to take, with a probe
+        self._memory_used: int | None = None  # the probe's last reading (bytes)
+        self.evictions: deque[dict] = deque(maxlen=EVICTIONS_KEPT)
         # the models whose backends are up (awake, draining, being put to sleep), in
         # the order they woke; at most one without a budget
         self._up: dict[str, None] = {}

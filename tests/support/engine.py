@@ -156,8 +156,16 @@ class Harness:
         observers: Iterable[Observer] = (),
         policy=None,
         budget=None,
+        gpu: dict[str, int] | None = None,
+        gpu_capacity: int = 0,
+        probe: bool = True,
         **settings,
     ):
+        # a fake GPU: what each model really takes awake (bytes), read by the probe
+        self.gpu = gpu
+        self.gpu_capacity = gpu_capacity
+        self.probe = probe  # whether llmux may read the fake GPU
+        self.oom_wakes = 0
         self.clock = FakeClock()
         self.runner = StepRunner()
         self.events = Recorder()
@@ -191,6 +199,13 @@ class Harness:
 
     def progress(self, model: str) -> float | None:
         return self.wake_progress.get(model)
+
+    def probe_memory(self) -> int | None:
+        """The fake GPU's use: what the models up really take; None without one."""
+        return None if self.gpu is None or not self.probe else self.gpu_used()
+
+    def gpu_used(self) -> int:
+        return sum(self.gpu[m] for m in self.up)
 
     # --- what the test does ---
 
@@ -246,16 +261,29 @@ class Harness:
         """The wake and sleep hooks running now, waiting for :meth:`finish`."""
         return [(s.effect.model, s.effect.kind) for s in self._hook_steps()]
 
-    def finish(self, model: str, kind: str, rc: int = 0, raises: Exception | None = None) -> None:
-        """The pending ``kind`` hook of ``model`` ends with ``rc``, or raises."""
+    def finish(
+        self,
+        model: str,
+        kind: str,
+        rc: int = 0,
+        raises: Exception | None = None,
+        stderr: str = "boom",
+    ) -> None:
+        """The pending ``kind`` hook of ``model`` ends with ``rc`` (and ``stderr`` if not
+        0), or raises. With a fake GPU (``gpu``), a wake that would overfill it fails as
+        a real one does: exit 1, ``CUDA out of memory``."""
         for step in self._hook_steps():
             if (step.effect.model, step.effect.kind) == (model, kind):
+                overfills = self.gpu is not None and kind == "wake" and rc == 0 and raises is None
+                if overfills and self.gpu_used() + self.gpu[model] > self.gpu_capacity:
+                    rc, stderr = 1, "torch.OutOfMemoryError: CUDA out of memory"
+                    self.oom_wakes += 1
                 if raises is None and rc == 0:
                     if kind == "wake":
                         self.up.add(model)
                     elif kind == "sleep":
                         self.up.discard(model)
-                result = HookResult(kind, rc, 0.0, stderr="" if rc == 0 else "boom")
+                result = HookResult(kind, rc, 0.0, stderr="" if rc == 0 else stderr)
                 self._resume(step, result, raises)
                 self.settle()
                 return
@@ -399,6 +427,8 @@ class Harness:
                 for b in self.up:
                     assert not budget.exclusive(a, b), f"{a} and {b} are exclusive, both up"
         assert len(self.hooks_pending()) <= 1, f"hooks overlap: {self.hooks_pending()}"
+        if self.gpu is not None:
+            assert self.gpu_used() <= self.gpu_capacity, "the fake GPU is overfilled"
         status = self.sw.status()
         for name, m in status["models"].items():
             held = sum(

@@ -5,7 +5,8 @@
 # events.log. A file faults/<kind>-<model> is sourced first when present: it
 # can `exit 3`, `sleep 100`, print to stderr, or set variables.
 # Model env: HOOK_WAKE_SECS / HOOK_SLEEP_SECS (extra time the hook takes),
-# FAKE_ARGS (more fake-backend options).
+# FAKE_ARGS (more fake-backend options), FAKE_GPU_LEDGER and FAKE_GPU_BYTES (a fake
+# GPU, llmux.demo.fake_gpu: the wake reserves that much there, or fails as OOM).
 set -u
 kind=$1
 dir=$LLMUX_TEST_DIR
@@ -23,14 +24,22 @@ fi
 case $kind in
 wake)
     sleep "${HOOK_WAKE_SECS:-0}"
-    if ! { [ -f "$pidfile" ] && running "$(cat "$pidfile")"; }; then
-        # shellcheck disable=SC2086
-        "$LLMUX_PYTHON" -m llmux.demo.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" \
-            --access-log "$dir/access-$LLMUX_MODEL.log" \
-            ${FAKE_ARGS:-} >>"$dir/run/backend-$LLMUX_PORT.log" 2>&1 &
-        echo $! >"$pidfile"
-    fi
     rc=0
+    if ! { [ -f "$pidfile" ] && running "$(cat "$pidfile")"; }; then
+        gpu=""
+        if [ -n "${FAKE_GPU_LEDGER:-}" ]; then  # a fake GPU: reserve first, or fail as OOM
+            "$LLMUX_PYTHON" -m llmux.demo.fake_gpu reserve --ledger "$FAKE_GPU_LEDGER" \
+                --owner "$LLMUX_PORT" --bytes "$FAKE_GPU_BYTES" || rc=1
+            gpu="--gpu-ledger $FAKE_GPU_LEDGER"
+        fi
+        if [ $rc = 0 ]; then
+            # shellcheck disable=SC2086
+            "$LLMUX_PYTHON" -m llmux.demo.fake_backend --port "$LLMUX_PORT" --model "$LLMUX_MODEL" \
+                --access-log "$dir/access-$LLMUX_MODEL.log" $gpu \
+                ${FAKE_ARGS:-} >>"$dir/run/backend-$LLMUX_PORT.log" 2>&1 &
+            echo $! >"$pidfile"
+        fi
+    fi
     ;;
 sleep)
     sleep "${HOOK_SLEEP_SECS:-0}"

@@ -141,7 +141,7 @@ def test_memory_held_asleep_counts_against_the_budget():
 
 def test_a_model_measured_past_the_budget_fails_its_requests_clearly():
     h = harness(budget(a=40, b=30))
-    h.sw._measured["b"] = 90 * GiB  # what a probe saw a wake of b take
+    h.sw.measured.observe("b", 90 * GiB)  # what a probe saw a wake of b take
     r = h.request("b")
     assert isinstance(r.error, ModelUnavailable)
     assert "does not fit in the memory budget" in str(r.error)
@@ -225,3 +225,67 @@ def test_a_storm_under_a_budget_never_breaks_it_and_serves_everyone(policy):
     assert sum(r.admitted for r in h.requests) > 50
     drained = [f for f in h.events.of("state_changed") if f[:2] == ("e", "draining")]
     assert drained == []  # pinned: never drained to be put to sleep for room
+
+
+# --- measuring with a probe, and a wake that fails as out of memory ---
+
+
+@pytest.mark.parametrize("probe", [False, True])
+def test_a_probe_measures_each_model_and_fitting_uses_the_larger_size(probe):
+    """Declared sizes 20 % too small on a fake GPU of 80 GiB. By the declared numbers c
+    (30) fits beside a and b (30 + 20); really they take 36 + 24 + 36 = 96. Without a
+    probe the wake fails as out of memory and is retried after one more model sleeps;
+    with one, a's measured 36 GiB makes room first: no OOM, and after 3 wakes each
+    model's measured size is within 5 % of the truth."""
+    true = {"a": 36 * GiB, "b": 24 * GiB, "c": 36 * GiB}
+    h = harness(budget(a=30, b=20, c=30), gpu=true, gpu_capacity=80 * GiB, probe=probe)
+    for model in ("a", "b", "c", "a", "b", "c", "a", "b", "c"):
+        wake(h, model)
+    if not probe:
+        assert h.oom_wakes >= 1 and h.events.of("wake_retried")
+        assert h.status()["memory"]["models"]["a"]["measured"] is None
+        return
+    assert h.oom_wakes == 0
+    for model, size in true.items():
+        assert h.sw.measured.count(model) == 3
+        assert abs(h.sw.measured.get(model) - size) <= 0.05 * size
+    memory = h.status()["memory"]
+    assert memory["models"]["a"]["measured"] == 36 * GiB
+    assert memory["models"]["a"]["over_declared"] is True
+    assert memory["used_measured"] == h.gpu_used()
+    measured = h.events.of("memory_measured")
+    assert measured and measured[-1][0] == "c"
+
+
+def test_a_wake_that_fails_as_out_of_memory_is_retried_after_one_more_model_sleeps():
+    gpu = {"a": 30 * GiB, "b": 30 * GiB, "c": 10 * GiB}
+    h = harness(budget(a=30, b=30, c=10), gpu=gpu, gpu_capacity=60 * GiB)
+    wake(h, "c")
+    wake(h, "a")
+    r = h.request("b")  # fits by the budget's numbers; the device is fuller than declared
+    h.gpu["c"] = 25 * GiB  # c grew since (a cache): 25 + 30 + 30 > 60
+    h.finish("b", "wake")  # fails: CUDA out of memory
+    assert h.oom_wakes == 1
+    sleeping = [m for m, kind in h.hooks_pending() if kind == "sleep"]
+    assert sleeping == ["b"]  # the half-started wake is cleaned up first
+    h.finish("b", "sleep")
+    victim = h.hooks_pending()[0][0]
+    assert victim in ("a", "c") and h.hooks_pending()[0][1] == "sleep"
+    h.finish(victim, "sleep")
+    h.finish("b", "wake")
+    assert r.admitted and "b" in up(h) and victim not in up(h)
+    assert h.events.of("wake_retried")[0][:2] == ("b", victim)
+    assert ("model_evicted", (victim, "b", "out_of_memory")) in h.events.events
+
+
+def test_an_out_of_memory_wake_with_nothing_left_to_evict_fails_with_backoff():
+    h = harness(budget(total=50, a=30, b=30), failure_backoff_secs=5.0)
+    wake(h, "a")
+    held = h.request("a")
+    r = h.request("b")  # a busy: drained first
+    h.release(held)
+    h.finish("a", "sleep")
+    h.finish("b", "wake", rc=1, stderr="RuntimeError: CUDA error: out of memory")
+    h.finish("b", "sleep")
+    assert isinstance(r.error, ModelUnavailable) and "out of memory" in str(r.error)
+    assert h.state("b") == "failed" and h.events.of("wake_retried") == []

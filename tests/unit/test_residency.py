@@ -1,0 +1,167 @@
+"""The memory budget's arithmetic (llmux.engine.residency) and its config."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmux.config import ConfigError, parse_config
+from llmux.engine.residency import (
+    Budget,
+    Gdsf,
+    MeasuredSizes,
+    ModelMemory,
+    looks_like_oom,
+    never_fits,
+    parse_size,
+    plan,
+)
+
+GiB = 1024**3
+
+
+def budget(total=80, headroom=0, **sizes) -> Budget:
+    models = {}
+    for name, spec in sizes.items():
+        if isinstance(spec, int):
+            spec = {"awake": spec}
+        models[name] = ModelMemory(
+            spec["awake"] * GiB,
+            spec.get("asleep", 0) * GiB,
+            spec.get("pin", False),
+            frozenset(spec.get("exclusive_with", ())),
+        )
+    return Budget(total * GiB, headroom * GiB, models)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("80GiB", 80 * GiB),
+        ("1.5 GB", 1_500_000_000),
+        ("512mib", 512 * 1024**2),
+        ("40G", 40 * 1000**3),
+        (1024, 1024),
+        ("0", 0),
+    ],
+)
+def test_sizes_take_the_usual_units(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "GiB", "12 parsecs", "-1GiB", "nanGiB", True, -5, 1.5, None])
+def test_other_sizes_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_a_model_that_fits_needs_no_room():
+    b = budget(a=40, b=30)
+    assert plan(b, "b", ["a"]) == plan(b, "b", ["a"]) and plan(b, "b", ["a"]).victims == ()
+
+
+def test_headroom_and_memory_held_asleep_count():
+    assert plan(budget(headroom=11, a=40, b=30), "b", ["a"]).victims == ("a",)
+    assert plan(budget(a=40, b=30, c={"awake": 20, "asleep": 11}), "b", ["a"]).victims == ("a",)
+    # a model woken holds its memory, its asleep share included: b's own is not counted twice
+    assert plan(budget(a=40, b={"awake": 40, "asleep": 10}), "b", ["a"]).victims == ()
+
+
+def test_idle_before_busy_lowest_score_first_and_no_more_than_needed():
+    b = budget(a=30, b=30, c=20, d=40)
+    scores = {"a": 5.0, "b": 1.0, "c": 2.0}
+    room = plan(b, "d", ["a", "b", "c"], busy={"b"}, order=scores.get)
+    assert room.victims == ("c", "a") and room.fits  # b is busy: idle ones first
+    # greedy takes the low-score c first (5 of the 15 missing), then a; a alone does
+    room = plan(budget(a=60, c=5, d=30), "d", ["a", "c"], order={"a": 2.0, "c": 1.0}.get)
+    assert room.victims == ("a",) and room.fits
+
+
+def test_pins_are_never_chosen_and_exclusions_always_are():
+    b = budget(a={"awake": 60, "pin": True}, b=30, c={"awake": 10, "exclusive_with": ["b"]})
+    room = plan(b, "b", ["a"])
+    assert not room.fits and room.victims == () and room.short == 10 * GiB
+    room = plan(b, "c", ["b"])
+    assert room.victims == ("b",) and room.fits  # fits by numbers, excluded by name
+
+
+def test_configs_that_could_never_wake_a_model_are_refused():
+    b = budget(total=50, a={"awake": 30, "pin": True}, b=25, c={"awake": 5, "asleep": 1})
+    assert set(never_fits(b)) == {"b"}
+    b = budget(a={"awake": 10, "pin": True}, b={"awake": 10, "exclusive_with": ["a"]})
+    assert "exclusive_with pinned" in never_fits(b)["b"]
+
+
+def test_gdsf_keeps_what_is_dear_to_bring_back_and_ages_by_its_clock():
+    g = Gdsf()
+    g.hit("cheap", cost=2.0, size=40)
+    g.hit("dear", cost=60.0, size=40)
+    assert g.score("cheap") < g.score("dear")
+    for _ in range(40):  # heavy use makes even a cheap model worth keeping
+        g.hit("cheap", cost=2.0, size=40)
+    assert g.score("cheap") > g.score("dear")
+    g.evicted("dear")
+    assert g.clock == pytest.approx(60.0 / 40)
+    g.hit("new", cost=1.0, size=40)
+    assert g.score("new") > g.clock  # a newcomer starts from the clock
+
+
+def test_measured_sizes_keep_a_high_percentile_of_recent_wakes():
+    m = MeasuredSizes(keep=20)
+    assert m.get("a") is None
+    for size in [10] * 19 + [100]:
+        m.observe("a", size)
+    assert m.get("a") == 10  # the 95th percentile of 20: the 19th smallest
+    m.observe("a", 100)
+    assert m.get("a") == 100 and m.count("a") == 20
+
+
+def test_out_of_memory_failures_are_recognised_and_others_are_not():
+    assert looks_like_oom("wake hook failed with exit code 1: torch.OutOfMemoryError: CUDA")
+    assert looks_like_oom("ValueError: No available memory for the cache blocks.")
+    assert looks_like_oom("ggml_backend_cuda_buffer_type_alloc_buffer: failed: out of memory")
+    assert not looks_like_oom("wake hook failed with exit code 1: connection refused")
+
+
+def model(port, **extra):
+    return {"port": port, "wake": "true", "sleep": "true", "alive": "true", **extra}
+
+
+def test_the_memory_block_is_validated_whole(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "memory": {"budget": "80GiB", "eviction": "random"},
+                "models": {
+                    "a": model(8001, memory="90GiB"),
+                    "b": model(8002),
+                    "c": model(8003, memory="1GiB", memory_asleep="2GiB"),
+                    "d": model(8004, memory="1GiB", exclusive_with=["nope", "d"]),
+                },
+            },
+            "c.yaml",
+        )
+    problems = "\n".join(err.value.problems)
+    assert "memory.eviction" in problems
+    assert "models.b.memory: required with memory.budget" in problems
+    assert "models.c.memory_asleep: more than its memory" in problems
+    assert 'models.d.exclusive_with[0]: "nope" is not another configured model' in problems
+    assert 'models.d.exclusive_with[1]: "d" is not another configured model' in problems
+    with pytest.raises(ConfigError) as err:
+        parse_config({"models": {"a": model(8001, memory="1GiB", pin=True)}}, "c.yaml")
+    assert "models.a.memory: needs memory.budget" in err.value.problems[0]
+    assert "models.a.pin: needs memory.budget" in err.value.problems[1]
+
+
+def test_a_config_without_memory_keeps_one_model_awake_and_with_it_a_budget():
+    config = parse_config({"models": {"a": model(8001), "b": model(8002)}}, "c.yaml")
+    assert config.budget().single
+    config = parse_config(
+        {
+            "memory": {"budget": "24GiB", "headroom": "1GiB"},
+            "models": {"a": model(8001, memory="10GiB"), "b": model(8002, memory="12 GiB")},
+        },
+        "c.yaml",
+    )
+    b = config.budget()
+    assert not b.single and b.budget == 24 * GiB and b.headroom == GiB
+    assert plan(b, "b", ["a"]).victims == ()
