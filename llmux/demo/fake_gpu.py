@@ -97,12 +97,15 @@ def init(path: str, capacity: int, release_ms: int = 0) -> None:
         json.dump({"capacity": capacity, "release_ms": release_ms, "owners": {}}, fh)
 
 
-def reserve(path: str, owner: str, nbytes: int, capacity: int | None = None) -> None:
+def reserve(
+    path: str, owner: str, nbytes: int, capacity: int | None = None, release_ms: int = 0
+) -> None:
     """Hold ``nbytes`` for ``owner`` (replacing what it held); OutOfMemory if not free.
-    With ``capacity``, a missing ledger is made first (an empty device that size)."""
+    With ``capacity``, a missing ledger is made first (an empty device that size, giving
+    a dead process's memory back after ``release_ms``)."""
     if capacity is not None:
         with contextlib.suppress(FileExistsError), open(path, "x", encoding="utf-8") as fh:
-            json.dump({"capacity": capacity, "release_ms": 0, "owners": {}}, fh)
+            json.dump({"capacity": capacity, "release_ms": release_ms, "owners": {}}, fh)
     with _ledger(path) as data:
         held = data["owners"].pop(owner, None)
         free = data["capacity"] - used(data)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             init(args.ledger, args.capacity, args.release_ms)
         elif args.command == "reserve":
-            reserve(args.ledger, args.owner, args.bytes, args.capacity)
+            reserve(args.ledger, args.owner, args.bytes, args.capacity, args.release_ms)
         elif args.command == "claim":
             return 0 if claim(args.ledger, args.owner, args.pid) else 1
         elif args.command == "release":

@@ -113,7 +113,7 @@ class Reports:
                     }
                     for n, m in self._models.items()
                 },
-                "memory": self.memory_status(),
+                "memory": self._memory_status(),
                 "last_switch": self.last_switch,
                 "switch_costs": [
                     {"from": a, "to": b, "ema_secs": secs}
@@ -126,11 +126,13 @@ class Reports:
         ``oldest_wait_secs`` (the longest a queued request has waited, 0 with none) and
         ``estimated_wait_secs`` (the policy's seconds until it could serve a request
         arriving now: 0 when awake, the rest of its wake, else drain plus switch; None
-        when nothing is known). One lock hold, O(models): cheap to poll every second."""
+        when nothing is known); under a memory budget also ``memory``: ``{"declared",
+        "measured"}`` bytes (measured None until a probe measured a wake). One lock
+        hold, O(models): cheap to poll every second."""
         with self._locked:
             now = self.clock()
             snap = self._snapshot(now)
-            return {
+            states = {
                 n: {
                     "state": str(m.state),
                     "in_flight": m.in_flight,
@@ -141,6 +143,18 @@ class Reports:
                 for n, m in self._models.items()
                 if not m.removed
             }
+            if not self.budget.single:
+                for n, entry in states.items():
+                    entry["memory"] = {
+                        "declared": self.budget.declared(n),
+                        "measured": self.measured.get(n),
+                    }
+            return states
+
+    def memory(self) -> dict | None:
+        """The memory budget and what it holds (``status()["memory"]``); None without one."""
+        with self._locked:
+            return self._memory_status()
 
     def bounds(self) -> dict[str, float | None]:
         """Model -> the policy's starvation bound in force now (seconds; None: none)."""

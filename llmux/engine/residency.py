@@ -213,6 +213,11 @@ class MeasuredSizes:
     def get(self, model: str) -> int | None:
         return self._p95.get(model)
 
+    def ratio(self, declared: Callable[[str], int]) -> float:
+        """The largest measured/declared ratio over the models measured, at least 1."""
+        ratios = [size / declared(m) for m, size in self._p95.items() if declared(m) > 0]
+        return max([1.0, *ratios])
+
     def count(self, model: str) -> int:
         return len(self._samples.get(model, ()))
 

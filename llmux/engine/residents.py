@@ -51,10 +51,17 @@ class Residents:
     """Mixed into :class:`~llmux.engine.switcher.Switcher`; reads its state under its lock."""
 
     def _size(self, model: str) -> int:
-        """Bytes ``model`` holds awake: the larger of declared and measured."""
+        """Bytes ``model`` holds awake: the larger of declared and measured; before its
+        first measured wake, its declared size times the largest measured/declared
+        ratio of the models measured so far (when above 1): sizes declared alike tend
+        to be off alike, and an out-of-memory wake costs more than an early eviction."""
         declared = self.budget.declared(model)
-        measured = None if self.budget.single else self.measured.get(model)
-        return declared if measured is None else max(declared, measured)
+        if self.budget.single:
+            return declared
+        measured = self.measured.get(model)
+        if measured is None:
+            return int(declared * self.measured.ratio(self.budget.declared))
+        return max(declared, measured)
 
     def _room(self, target: str) -> Room:
         """What to put to sleep for ``target`` to fit, given the models up now (lock held)."""
@@ -251,7 +258,7 @@ class Residents:
         yield from self._memory_back(before, freed)
         return victim
 
-    def memory_status(self) -> dict | None:
+    def _memory_status(self) -> dict | None:
         """The memory budget as the status shows it (bytes), None without one (lock held):
         ``{"budget", "headroom", "eviction", "used_declared", "used_measured",
         "models": {name: {"declared", "measured", "asleep", "pin", "exclusive_with",

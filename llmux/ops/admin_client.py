@@ -17,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 
+from ..engine.residency import format_bytes
+
 
 class AdminError(Exception):
     """The admin API could not be reached, or answered with an error."""
@@ -75,28 +77,45 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def format_status(status: dict) -> str:
     """The status as text for a terminal: models, last switch, hook failures."""
+    awake = status.get("awake") or ([status["active"]] if status.get("active") else [])
+    memory = status.get("memory")
     lines = [
         f"llmux {status['version']}, up {_secs(status['uptime_secs'])}, "
-        f"awake: {status['active'] or 'none'}" + (", switching" if status["switching"] else ""),
-        "",
+        f"awake: {', '.join(awake) or 'none'}" + (", switching" if status["switching"] else ""),
     ]
-    rows = [["MODEL", "STATE", "PORT", "IN-FLIGHT", "QUEUED", "OLDEST-WAIT", "IDLE", "FAILED"]]
+    if memory:
+        measured = memory["used_measured"]
+        lines.append(
+            f"memory: {format_bytes(memory['used_declared'])} of "
+            f"{format_bytes(memory['budget'])} by model sizes"
+            + (f", {format_bytes(measured)} in use by the probe" if measured is not None else "")
+            + f"; headroom {format_bytes(memory['headroom'])}, eviction {memory['eviction']}"
+        )
+    lines.append("")
+    head = ["MODEL", "STATE", "PORT", "IN-FLIGHT", "QUEUED", "OLDEST-WAIT", "IDLE", "FAILED"]
+    rows = [head + (["MEMORY"] if memory else [])]
     for name in sorted(status["models"]):
         m = status["models"][name]
         failure = m.get("last_hook_failure")
-        rows.append(
-            [
-                name + (" (removed)" if m.get("removed") else ""),
-                m["state"],
-                str(m.get("port") or "-"),
-                str(m["in_flight"]),
-                str(m["queued"]),
-                _secs(m["oldest_wait_secs"]) if m["queued"] else "-",
-                _secs(m.get("idle_secs")),
-                f"{failure['hook']} {_ago(status['now'], failure['at'])} ago" if failure else "-",
-            ]
-        )
+        row = [
+            name + (" (removed)" if m.get("removed") else ""),
+            m["state"],
+            str(m.get("port") or "-"),
+            str(m["in_flight"]),
+            str(m["queued"]),
+            _secs(m["oldest_wait_secs"]) if m["queued"] else "-",
+            _secs(m.get("idle_secs")),
+            f"{failure['hook']} {_ago(status['now'], failure['at'])} ago" if failure else "-",
+        ]
+        if memory:
+            row.append(_model_memory(memory["models"].get(name)))
+        rows.append(row)
     lines += _table(rows)
+    if memory and memory["evictions"]:
+        lines += ["", "put to sleep to make room:"]
+        for e in memory["evictions"][:5]:
+            ago = _secs(e["secs_ago"])
+            lines.append(f"  {e['model']} for {e['for']} ({e['reason']}), {ago} ago")
     last = status.get("last_switch")
     if last:
         phases = ", ".join(f"{k} {_secs(v)}" for k, v in last["phases"].items())
@@ -116,6 +135,18 @@ def format_status(status: dict) -> str:
             ago = _ago(status["now"], f["at"])
             lines.append(f"  {f['model']} {f['hook']}, {ago} ago: {f['error']}")
     return "\n".join(lines)
+
+
+def _model_memory(sizes: dict | None) -> str:
+    """``10.0GiB`` declared, ``+ 12.0GiB measured`` when measured, ``pinned``."""
+    if not sizes:
+        return "-"
+    text = format_bytes(sizes["declared"])
+    if sizes["measured"] is not None:
+        text += f", measured {format_bytes(sizes['measured'])}"
+        if sizes["over_declared"]:
+            text += " (over)"
+    return text + (", pinned" if sizes["pin"] else "")
 
 
 def _ago(now: float, then: float) -> str:

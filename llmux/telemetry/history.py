@@ -30,17 +30,25 @@ class History(Observer):
         self.clock = clock
         self._timeline: deque[dict] = deque(maxlen=MAX_TIMELINE)
         self._failures: deque[dict] = deque(maxlen=MAX_FAILURES)
+        self._evicted: list[str] = []  # put to sleep by the switch running now
+
+    def model_evicted(self, model, for_model, reason):
+        self._evicted.append(model)
 
     def switch_finished(self, from_model, to_model, ok, seconds, error="", ema=None, phases=None):
         result = "success" if ok else "failure"
+        evicted, self._evicted = self._evicted, []
         self._add(
-            "switch", from_model, to_model, ok, seconds, error, phases=phases or {}, result=result
-        )
+            "switch", from_model, to_model, ok, seconds, error, phases=phases or {}, result=result,
+            evicted=evicted,
+        )  # fmt: skip
 
     def switch_abandoned(self, from_model, to_model, reason, seconds):
+        evicted, self._evicted = self._evicted, []
         self._add(
-            "switch", from_model, to_model, False, seconds, reason, phases={}, result="abandoned"
-        )
+            "switch", from_model, to_model, False, seconds, reason, phases={}, result="abandoned",
+            evicted=evicted,
+        )  # fmt: skip
 
     def model_put_to_sleep(self, model, reason, ok, seconds, error=""):
         self._add("sleep", model, None, ok, seconds, error, reason=reason)

@@ -11,6 +11,7 @@ import logging
 
 from ..engine.events import Observer
 from ..engine.policy import IDLE
+from ..engine.residency import OVER_DECLARED, format_bytes
 
 log = logging.getLogger("llmux.switcher")
 
@@ -65,6 +66,43 @@ class LogObserver(Observer):
             model,
             state,
             extra={"event": "model_state_changed", "model": model, "state": str(state)},
+        )
+
+    def model_evicted(self, model, for_model, reason):
+        log.info(
+            "%s put to sleep to make room for %s (%s)",
+            model,
+            for_model,
+            reason,
+            extra={"event": "model_evicted", "model": model, "for_model": for_model,
+                   "reason": reason},
+        )  # fmt: skip
+
+    def memory_measured(self, model, took_bytes, declared_bytes, measured_bytes):
+        over = measured_bytes > OVER_DECLARED * declared_bytes
+        log.log(
+            logging.WARNING if over else logging.INFO,
+            "%s took %s on waking (declared %s, measured %s)%s",
+            model,
+            format_bytes(took_bytes),
+            format_bytes(declared_bytes),
+            format_bytes(measured_bytes),
+            ": more than 10% over its declared memory" if over else "",
+            extra={
+                "event": "memory_over_declared" if over else "memory_measured",
+                "model": model,
+                "took_bytes": took_bytes,
+                "declared_bytes": declared_bytes,
+                "measured_bytes": measured_bytes,
+            },
+        )
+
+    def wake_retried(self, model, evicted, error):
+        log.warning(
+            "waking %s failed for lack of memory; %s was put to sleep and the wake tried again",
+            model,
+            evicted,
+            extra={"event": "wake_retried", "model": model, "evicted": evicted, "error": error},
         )
 
     def switch_started(self, from_model, to_model):

@@ -37,6 +37,7 @@ from ..engine.states import ModelState
 
 SWITCH_RESULTS = ("success", "failure", "abandoned")
 # why a request left its queue unadmitted (events.RequestLeftQueue)
+EVICTION_REASONS = ("room", "exclusive", "out_of_memory")
 QUEUE_EXITS = ("timeout", "client_gone", "cancelled", "failed", "removed", "shutdown")
 
 # 1 ms to 30 min: a request's first byte and a cold start of a large model alike
@@ -164,6 +165,31 @@ class Metrics(Observer):
             ["model", "reason", "result"],
             registry=r,
         )
+        self.memory_budget = Gauge(
+            "llmux_memory_budget_bytes",
+            "What the models may hold together (memory.budget); no sample without one",
+            registry=r,
+        )
+        self.memory_used = Gauge(
+            "llmux_memory_used_bytes",
+            "Memory the models hold: by their sizes (declared, or measured when larger), "
+            "and as the probe last read the device",
+            ["source"],
+            registry=r,
+        )
+        self.model_memory = Gauge(
+            "llmux_model_memory_bytes",
+            "What a model holds awake, as declared and as its wakes were measured",
+            ["model", "source"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "llmux_model_evictions_total",
+            "Models put to sleep to make room for another, by reason",
+            ["model", "reason"],
+            registry=r,
+        )
+        self._memory_models: set[str] = set()
         self.model_state = Gauge(
             "llmux_model_state", "1 for the state each model is in", ["model", "state"], registry=r
         )
@@ -230,6 +256,28 @@ class Metrics(Observer):
             else:
                 self.estimated_wait.labels(model).set(signals["estimated_wait_secs"])
 
+    def set_memory(self, memory: dict | None) -> None:
+        """Set the memory series from ``Switcher.memory()`` (at scrape time); without a
+        budget there are none. Eviction counters of every model start at 0."""
+        if memory is None:
+            return
+        self.memory_budget.set(memory["budget"])
+        self.memory_used.labels("declared").set(memory["used_declared"])
+        if memory["used_measured"] is not None:
+            self.memory_used.labels("measured").set(memory["used_measured"])
+        for model in sorted(self._memory_models - set(memory["models"])):  # a reload removed it
+            for source in ("declared", "measured"):
+                with contextlib.suppress(KeyError):
+                    self.model_memory.remove(model, source)
+        for model, sizes in memory["models"].items():
+            self.model_memory.labels(model, "declared").set(sizes["declared"])
+            if sizes["measured"] is not None:
+                self.model_memory.labels(model, "measured").set(sizes["measured"])
+            if model not in self._memory_models:
+                for reason in EVICTION_REASONS:
+                    self.evictions.labels(model, reason)
+        self._memory_models = set(memory["models"])
+
     def request_finished(
         self, model: str, status: int, seconds: float, outcome: str = "completed"
     ) -> None:
@@ -249,6 +297,9 @@ class Metrics(Observer):
 
     def request_left_queue(self, model, reason, waited):
         self.queue_left.labels(model, reason).inc()
+
+    def model_evicted(self, model, for_model, reason):
+        self.evictions.labels(model, reason).inc()
 
     def queue_depth_changed(self, model, depth):
         self.queue_depth.labels(model).set(depth)

@@ -413,6 +413,7 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept"))
         gateway.metrics.set_wait_bounds(gateway.switcher.bounds())
         gateway.metrics.set_node_state(gateway.switcher.models_state())
+        gateway.metrics.set_memory(gateway.switcher.memory())
         return Response(encoder(gateway.metrics.registry), content_type=content_type)
 
     @app.before_request

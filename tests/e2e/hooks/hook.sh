@@ -29,7 +29,9 @@ wake)
         gpu=""
         if [ -n "${FAKE_GPU_LEDGER:-}" ]; then  # a fake GPU: reserve first, or fail as OOM
             "$LLMUX_PYTHON" -m llmux.demo.fake_gpu reserve --ledger "$FAKE_GPU_LEDGER" \
-                --owner "$LLMUX_PORT" --bytes "$FAKE_GPU_BYTES" || rc=1
+                --owner "$LLMUX_PORT" --bytes "$FAKE_GPU_BYTES" \
+                ${FAKE_GPU_CAPACITY:+--capacity "$FAKE_GPU_CAPACITY"} \
+                ${FAKE_GPU_RELEASE_MS:+--release-ms "$FAKE_GPU_RELEASE_MS"} || rc=1
             gpu="--gpu-ledger $FAKE_GPU_LEDGER"
         fi
         if [ $rc = 0 ]; then
