@@ -89,23 +89,31 @@ class Residents:
     def _policy_view(self) -> tuple[str | None, dict | None]:
         """``(active, queues)`` for the policy's snapshot (see the module docstring):
         ``queues`` the models whose queues it sees, None for all (lock held)."""
-        if self._running is not None:
-            source = self._running.source
-            return (source if source in self._up else None), None
+        running = self._running
         if self.budget.single:
+            if running is not None:
+                return (running.source if running.source in self._up else None), None
             return next(iter(self._up), None), None
+        if running is not None and running.source in self._up:
+            return running.source, None  # a switch that puts models to sleep: as always
         waiting = [m for m in self._models.values() if m.waiters and m.name not in self._up]
+        fitting = {m.name: m for m in waiting if self._fits_now(m.name)}
+        if running is not None:
+            # a wake with nothing (left) to put to sleep: its commits see what the
+            # decision that started it saw, the models that fit now; seeing others
+            # would turn it to a model that does not fit, and back again, for ever
+            return None, fitting
         if not waiting:
             return next(reversed(self._up), None) if self._up else None, None
-        fitting = {}
-        oldest = min(waiting, key=lambda m: m.waiters[0].since)
-        for m in waiting:
-            room = self._room(m.name)
-            if room.fits and not room.victims:
-                fitting[m.name] = m
         if fitting:
             return None, fitting
+        oldest = min(waiting, key=lambda m: m.waiters[0].since)
         return self._lead_of(self._room(oldest.name).victims), None
+
+    def _fits_now(self, model: str) -> bool:
+        """Whether ``model`` fits beside the models up, none put to sleep (lock held)."""
+        room = self._room(model)
+        return room.fits and not room.victims
 
     def _view_for(self, snap: Snapshot, model: str) -> Snapshot:
         """``snap`` as the policy should see it when asked about ``model`` alone (its

@@ -25,6 +25,7 @@ import click
 
 from .. import __version__
 from ..config import ConfigError, load_config
+from ..engine.residency import format_bytes
 from ..telemetry.logs import FORMATS
 
 
@@ -112,7 +113,23 @@ def check(config_file):
             line += f", aliases {', '.join(model.aliases)}"
         if model.upstream_model:
             line += f", sent to the backend as {model.upstream_model}"
+        if model.memory is not None:
+            line += f", memory {format_bytes(model.memory)}"
+            if model.memory_asleep:
+                line += f" ({format_bytes(model.memory_asleep)} asleep)"
+            if model.pin:
+                line += ", pinned"
+            if model.exclusive_with:
+                line += f", never awake with {', '.join(model.exclusive_with)}"
         click.echo(line)
+    mem = config.memory
+    if mem.budget is None:
+        click.echo("  memory: no budget, one model awake at a time")
+    else:
+        click.echo(
+            f"  memory: budget {format_bytes(mem.budget)}, headroom {format_bytes(mem.headroom)}, "
+            f"eviction {mem.eviction}, " + (f"probe: {mem.probe}" if mem.probe else "no probe")
+        )
     p = config.policy
     click.echo(
         f"  policy {p.policy_type}: request_timeout_secs={p.request_timeout_secs}, "

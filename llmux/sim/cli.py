@@ -5,6 +5,7 @@ Usage::
     llmux simulate TRACE... [-c llmux.yaml] [--switch-secs 10 | --wake-secs a=30,b=5
         | --costs-from http://127.0.0.1:3000] [--concurrency 16] [--window 1200]
         [--sample 0.25 --seed 1] [--policies fifo,cost_aware,time_slice,collate]
+        [--memory-budget 80GiB --memory a=40GiB,b=30GiB --evictions gdsf,lru]
         [--plot waits.png] [--json]
 
 Reads the trace (Azure CSV, a CSV or JSON lines; see :mod:`llmux.sim.traces`),
@@ -12,7 +13,10 @@ simulates it once per policy with the real engine (:mod:`llmux.sim.simulator`)
 and prints a table per policy. Costs come, in this order, from ``--wake-secs``,
 ``--switch-secs``, a running llmux's measured averages (``--costs-from``), the
 config's ``wake_estimate_secs``, the trace's own header; a model with none is an
-error. Exits 2 on a bad argument or trace.
+error. With a memory budget (``--memory-budget`` and ``--memory``, or the config's
+``memory`` block) several models may be awake at once, and each policy runs once
+per eviction rule (``--evictions``), so that cost-aware eviction and LRU are
+compared on the same trace. Exits 2 on a bad argument or trace.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import sys
 import click
 
 from ..config import ConfigError, load_config
+from ..engine.residency import Budget, ModelMemory, never_fits, parse_size
 from .compare import ALL_POLICIES, Costs, compare, measured_costs, policy_settings
 from .report import plot, table
 from .traces import AZURE_ATTRIBUTION, Trace, TraceError, load_trace
 
 MAX_SECS = 1e6  # a switch longer than 11 days is a typo, not a cost
+EVICTIONS = ("gdsf", "lru")
 
 
 def _per_model(text: str | None, option: str) -> dict[str, float]:
@@ -48,6 +54,39 @@ def _per_model(text: str | None, option: str) -> dict[str, float]:
                 f"expected MODEL=SECONDS (0-{MAX_SECS:g}), got {item!r}", param_hint=option
             )
     return out
+
+
+def _budget(trace: Trace, config, budget_text: str | None, sizes_text: str | None):
+    """The memory budget to simulate: ``--memory-budget`` with each model's size from
+    ``--memory`` or the config; else the config's; else None (one model awake)."""
+    if budget_text is None:
+        if sizes_text:
+            raise click.UsageError("--memory needs --memory-budget")
+        return config.budget() if config is not None and config.memory.budget else None
+    try:
+        total = parse_size(budget_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--memory-budget") from None
+    sizes: dict[str, int] = {}
+    for item in (sizes_text or "").split(","):
+        if item.strip():
+            name, _, value = item.partition("=")
+            try:
+                sizes[name.strip()] = parse_size(value.strip())
+            except ValueError as exc:
+                raise click.BadParameter(f"{item!r}: {exc}", param_hint="--memory") from None
+    for m in trace.models:
+        declared = config.models[m].memory if config is not None and m in config.models else None
+        if m not in sizes and declared is not None:
+            sizes[m] = declared
+    missing = [m for m in trace.models if m not in sizes]
+    if missing:
+        raise click.UsageError(f"no memory size for {', '.join(missing)}: give --memory M=SIZE")
+    budget = Budget(total, 0, {m: ModelMemory(sizes[m]) for m in trace.models})
+    too_big = never_fits(budget)
+    if too_big:
+        raise click.UsageError("; ".join(f"{m} {why}" for m, why in too_big.items()))
+    return budget
 
 
 def _costs(trace: Trace, config, opts) -> Costs:
@@ -120,9 +159,22 @@ def _costs(trace: Trace, config, opts) -> Costs:
     show_default=True,
     help="comma-separated: " + ", ".join(ALL_POLICIES),
 )
+@click.option(
+    "--memory-budget", metavar="SIZE", help="several models awake within SIZE (e.g. 80GiB)"
+)
+@click.option("--memory", "memory_sizes", metavar="M=SIZE,...", help="each model's memory")
+@click.option(
+    "--evictions",
+    metavar="RULES",
+    help="with a memory budget, run each policy once per eviction rule: gdsf, lru "
+    "(default: gdsf,lru)",
+)
 @click.option("--plot", "plot_path", metavar="PNG", help="write a plot (needs matplotlib)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON, one object per policy")
-def simulate(traces, config_file, plot_path, as_json, policies, **opts):
+def simulate(
+    traces, config_file, plot_path, as_json, policies, memory_budget, memory_sizes, evictions,
+    **opts,
+):  # fmt: skip
     """Simulate TRACE under each policy with the real engine, in simulated time."""
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in ALL_POLICIES]
@@ -153,8 +205,20 @@ def simulate(traces, config_file, plot_path, as_json, policies, **opts):
         quantum_factor=opts["quantum_factor"],
         min_active_secs=opts["min_active_secs"],
     )
+    budget = _budget(trace, config, memory_budget, memory_sizes)
+    rules = [r.strip() for r in (evictions or "gdsf,lru").split(",") if r.strip()]
+    if any(r not in EVICTIONS for r in rules) or not rules:
+        expected = f"expected some of {', '.join(EVICTIONS)}"
+        raise click.BadParameter(expected, param_hint="--evictions")
     runs = compare(
-        trace, names, costs, config=config, settings=settings, patience_secs=opts["patience"]
+        trace,
+        names,
+        costs,
+        config=config,
+        settings=settings,
+        patience_secs=opts["patience"],
+        budget=budget,
+        evictions=rules if budget is not None else (),
     )
     if as_json:
         for _, summary in runs:

@@ -107,9 +107,15 @@ def compare(
     config=None,
     settings=None,
     patience_secs: float | None = None,
+    budget=None,
+    evictions: Sequence[str] = (),
 ) -> list[tuple[Result, Summary]]:
     """Simulate ``trace`` once per policy (each from the same start: nothing awake);
-    ``settings``: the policy section (default :func:`policy_settings` of ``config``)."""
+    ``settings``: the policy section (default :func:`policy_settings` of ``config``).
+    With a memory ``budget`` (:class:`~llmux.engine.residency.Budget`; default the
+    config's, if it has one), several models may be awake at once, and each policy
+    runs once per eviction rule of ``evictions`` (default the budget's own), named
+    ``policy/rule``."""
     settings = settings if settings is not None else policy_settings(config)
     models = model_settings(trace, costs, config)
     yard = costs.yardstick(trace.models, settings)
@@ -119,9 +125,17 @@ def compare(
     switch = SwitchSettings.from_policy(settings)
     runs = []
     yardstick = build_policy("cost_aware", settings, models)
+    if budget is None and config is not None and config.memory.budget is not None:
+        budget = config.budget()
+    rules = list(evictions or ([budget.eviction] if budget is not None else [None]))
     for name in policies:
-        policy = build_policy(name, settings, models)
-        sim = Simulation(trace, policy, backends, switch, yardstick=yardstick)
-        result = sim.simulate()
-        runs.append((result, summarize(result, yard)))
+        for rule in rules:
+            policy = build_policy(name, settings, models)
+            rule_budget = None if budget is None else replace(budget, eviction=rule)
+            label = name if budget is None else f"{name}/{rule}"
+            sim = Simulation(
+                trace, policy, backends, switch, yardstick=yardstick, budget=rule_budget, name=label
+            )
+            result = sim.simulate()
+            runs.append((result, summarize(result, yard)))
     return runs

@@ -59,6 +59,8 @@ class Summary:
     stopped_wakes: int
     never_served: int
     gave_up: int = 0  # left the queue: their client's patience, or request_timeout_secs
+    wakes: int = 0  # wake hooks run
+    wake_secs: float = 0.0  # seconds spent in them
 
     COLUMNS = (
         ("policy", "policy", "{}"),
@@ -76,6 +78,8 @@ class Summary:
         ("stopped_wakes", "stopped wakes", "{}"),
         ("never_served", "not served", "{}"),
         ("gave_up", "gave up", "{}"),
+        ("wakes", "wakes", "{}"),
+        ("wake_secs", "waking s", "{:.0f}"),
     )
 
 
@@ -125,6 +129,8 @@ def summarize(result: Result, yard: Yardstick) -> Summary:
         stopped_wakes=result.stopped_wakes,
         never_served=sum(1 for r in result.requests if r.admitted_at is None and not r.gone),
         gave_up=sum(1 for r in result.requests if r.gone),
+        wakes=result.wakes,
+        wake_secs=result.wake_secs,
     )
 
 

@@ -94,6 +94,8 @@ class Result:
     serving_secs: float
     duration: float
     stopped_wakes: int = 0
+    wakes: int = 0  # wake hooks run (to their end or stopped)
+    wake_secs: float = 0.0  # the seconds those wake hooks took
 
 
 class _Condition:
@@ -120,6 +122,7 @@ class _Step:
     token: int = 0  # of the effect it waits for; a stale timer event is ignored
     drain: AwaitDrain | None = None
     hook: RunHook | None = None
+    wake_ends: float = 0.0  # when the wake hook it runs ends, if not stopped
 
 
 class Simulation(Observer):
@@ -135,8 +138,11 @@ class Simulation(Observer):
         settings: SwitchSettings | None = None,
         *,
         yardstick=None,
+        budget=None,
+        name: str | None = None,
     ):
         self.trace = trace
+        self.name = name  # of the run; default the policy's
         self.backends = backends
         # a policy whose bound(snap, model) measures every run alike (FIFO has none)
         self.yardstick = yardstick
@@ -152,6 +158,8 @@ class Simulation(Observer):
         self.requests: list[Request] = []
         self.switches: list[Switch] = []
         self.stopped_wakes = 0
+        self.wakes = 0
+        self.wake_secs = 0.0
         self._serving: dict[str, deque[Request]] = {m: deque() for m in trace.models}
         self._backlog: dict[str, deque[Request]] = {m: deque() for m in trace.models}
         self._busy = 0
@@ -166,6 +174,7 @@ class Simulation(Observer):
             observer=self,
             clock=lambda: self.now,
             runner=self,
+            budget=budget,
         )
         self.sw._drained.owner = "drain"
         self.sw._timer.owner = "timer"
@@ -213,12 +222,14 @@ class Simulation(Observer):
             action()
             self._pump()
         return Result(
-            getattr(self.sw.policy, "name", "?"),
+            self.name or getattr(self.sw.policy, "name", "?"),
             self.requests,
             self.switches,
             self.serving_secs,
             self.now,
             self.stopped_wakes,
+            self.wakes,
+            self.wake_secs,
         )
 
     def _arrive(self, a: Arrival, then: Callable[[], None]) -> None:
@@ -344,6 +355,10 @@ class Simulation(Observer):
                 return
             costs = self.backends.wake_secs if effect.kind == "wake" else self.backends.sleep_secs
             seconds = costs.get(effect.model, 0.0)
+            if effect.kind == "wake":
+                self.wakes += 1
+                self.wake_secs += seconds  # a stopped wake's unspent part is taken off then
+                step.wake_ends = self.now + seconds
             self._later(step, seconds, HookResult(effect.kind, 0, seconds))
         elif isinstance(effect, Pause):
             self._later(step, effect.seconds, None)
@@ -374,6 +389,8 @@ class Simulation(Observer):
             hook = step.hook
             if hook is not None and hook.stop is not None and hook.stop.is_set():
                 self.stopped_wakes += hook.kind == "wake"
+                if hook.kind == "wake":
+                    self.wake_secs -= max(step.wake_ends - self.now, 0.0)
                 self._ready.append((step, HookResult(hook.kind, -15, 0.0, aborted=True)))
                 step.token += 1  # its scheduled end is void
                 step.hook = None

@@ -114,4 +114,3 @@ def test_a_wake_waits_for_the_memory_a_sleep_gives_back(llmux_factory, probe):
         assert r.status_code == 503 and "out of memory" in r.json()["error"]["message"].lower()
         wait_for(lambda: ledger(server)["used"] == 0, 10)
         assert server.chat("b")  # once the memory is back, the next request wakes it
-

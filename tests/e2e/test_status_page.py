@@ -140,3 +140,25 @@ def test_the_page_follows_a_switch_as_it_refreshes(llmux_factory, tmp_path):
     assert re.search(r"c\s*waking", " ".join(page.text))
     waiting.join(15)
     assert box["r"].status_code == 200
+
+
+def test_under_a_memory_budget_the_page_shows_every_awake_model_and_the_memory(
+    llmux_factory, tmp_path
+):
+    from .test_residency import PROBE, gpu_models
+
+    server = llmux_factory(
+        gpu_models("24GiB", a=10, b=12, c=6), memory={"budget": "24GiB", "probe": PROBE}
+    )
+    for model in ("a", "b", "c"):  # c makes room: one of a and b sleeps
+        assert server.chat(model).status_code == 200
+    status = server.status()
+    evicted = status["memory"]["evictions"][0]["model"]
+    page = rendered(tmp_path, f"{server.url}/llmux/ui")
+    assert page.states == {n: m["state"] for n, m in status["models"].items()}
+    text = " ".join(" ".join(page.text).split())
+    assert f"awake: {', '.join(status['awake'])}" in text
+    used = status["memory"]["used_declared"] / 1024**3
+    assert used in (16, 18) and f"{used:.1f} GiB of 24.0 GiB by model sizes" in text
+    assert "6.0 GiB" in text and "12.0 GiB" in text  # declared and measured sizes
+    assert f"{evicted} c room" in text  # the eviction table: model, for, why

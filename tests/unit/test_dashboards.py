@@ -32,6 +32,16 @@ def observed_metrics() -> Metrics:
     m.hook_finished("a", HookResult("wake", -15, 1.0, timed_out=True))
     m.model_deactivated("a", 10.0)
     m.switch_finished("a", "b", True, 1.0, ema=1.0)
+    m.model_evicted("a", "b", "room")
+    sizes = {"declared": 10, "measured": 12, "asleep": 0, "pin": False}
+    m.set_memory(
+        {
+            "budget": 24,
+            "used_declared": 12,
+            "used_measured": 12,
+            "models": {"a": sizes, "b": {**sizes, "measured": None}},
+        }
+    )
     return m
 
 
@@ -80,6 +90,8 @@ def test_dashboard_covers_what_operators_asked_for():
         "llmux_requests_total",
         "llmux_request_duration_seconds_bucket",
         "llmux_hook_failures_total",
+        "llmux_memory_used_bytes",
+        "llmux_model_evictions_total",
     ):
         assert metric in text
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from llmux.config import ConfigError, parse_config
@@ -93,11 +95,12 @@ def test_configs_that_could_never_wake_a_model_are_refused():
 
 def test_gdsf_keeps_what_is_dear_to_bring_back_and_ages_by_its_clock():
     g = Gdsf()
-    g.hit("cheap", cost=2.0, size=40)
+    g.hit("cheap", cost=20.0, size=40)
     g.hit("dear", cost=60.0, size=40)
     assert g.score("cheap") < g.score("dear")
-    for _ in range(40):  # heavy use makes even a cheap model worth keeping
-        g.hit("cheap", cost=2.0, size=40)
+    for _ in range(40):  # heavy use makes a cheaper model worth keeping, damped (1 + ln 41)
+        g.hit("cheap", cost=20.0, size=40)
+    assert g.score("cheap") == pytest.approx((1 + math.log(41)) * 20 / 40)
     assert g.score("cheap") > g.score("dear")
     g.evicted("dear")
     assert g.clock == pytest.approx(60.0 / 40)

@@ -1,7 +1,9 @@
 """A hypothesis state machine drives the switcher through requests, releases and hook faults.
 
-After every step: never two models up, in-flight counts match the tickets held,
-queues are empty once nobody waits, and a healthy model can always be reached.
+After every step: never two models up (under a memory budget: the models up fit it,
+no exclusive pair is up, a pinned model is never put to sleep for room, no two hooks
+run at once), in-flight counts match the tickets held, queues are empty once nobody
+waits, and a healthy model can always be reached.
 """
 
 from __future__ import annotations
@@ -13,19 +15,36 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from llmux.engine.residency import Budget, ModelMemory
 from llmux.engine.switcher import Switcher, SwitchSettings
 from llmux.errors import LlmuxError
 
 from .fakes import FakeHooks
 
 MODELS = ("a", "b", "c")
+GiB = 1024**3
+
+
+def fits_budget(budget: Budget, up: set[str]) -> bool:
+    """Whether the models ``up`` fit ``budget`` (declared sizes) and no two exclude each other."""
+    held = sum(budget.declared(m) for m in up) + budget.headroom
+    held += sum(budget.asleep(m) for m in budget.models if m not in up)
+    clash = any(budget.exclusive(a, b) for a in up for b in up if a != b)
+    return held <= budget.budget and not clash
 
 
 class SwitcherMachine(RuleBasedStateMachine):
+    budget = None
+
     def __init__(self):
         super().__init__()
-        self.hooks = FakeHooks(wake_secs=0.001, sleep_secs=0.001, ready_timeout=0.2)
-        self.sw = Switcher(MODELS, self.hooks, SwitchSettings(failure_backoff_secs=0.0))
+        fits = None
+        if self.budget is not None:
+            fits = lambda up: fits_budget(self.budget, up)  # noqa: E731
+        self.hooks = FakeHooks(wake_secs=0.001, sleep_secs=0.001, ready_timeout=0.2, fits=fits)
+        self.sw = Switcher(
+            MODELS, self.hooks, SwitchSettings(failure_backoff_secs=0.0), budget=self.budget
+        )
         self.tickets = []
         self.pending = []
 
@@ -82,6 +101,10 @@ class SwitcherMachine(RuleBasedStateMachine):
     @invariant()
     def never_two_models_up(self):
         assert not self.hooks.overlaps
+        assert not self.hooks.concurrent, "two wake or sleep hooks ran at once"
+        if self.budget is not None:
+            pinned = [m for m in self.hooks.slept_while_up if self.budget.pinned(m)]
+            assert not pinned, f"pinned {pinned} put to sleep"
 
     def teardown(self):
         self.settle()
@@ -101,5 +124,26 @@ class SwitcherMachine(RuleBasedStateMachine):
 
 TestSwitcherMachine = SwitcherMachine.TestCase
 TestSwitcherMachine.settings = settings(
+    max_examples=30, stateful_step_count=20, deadline=None, derandomize=True
+)
+
+
+class BudgetMachine(SwitcherMachine):
+    """The same steps under a memory budget: a and b fit together, c is exclusive with
+    a, and b is pinned, so every kind of eviction happens."""
+
+    budget = Budget(
+        50 * GiB,
+        0,
+        {
+            "a": ModelMemory(25 * GiB),
+            "b": ModelMemory(15 * GiB, pin=True),
+            "c": ModelMemory(30 * GiB, exclusive_with=frozenset({"a"})),
+        },
+    )
+
+
+TestBudgetMachine = BudgetMachine.TestCase
+TestBudgetMachine.settings = settings(
     max_examples=30, stateful_step_count=20, deadline=None, derandomize=True
 )

@@ -289,3 +289,30 @@ def test_an_out_of_memory_wake_with_nothing_left_to_evict_fails_with_backoff():
     h.finish("b", "sleep")
     assert isinstance(r.error, ModelUnavailable) and "out of memory" in str(r.error)
     assert h.state("b") == "failed" and h.events.of("wake_retried") == []
+
+
+def test_a_wake_that_fits_goes_on_while_an_older_waiter_needs_a_busy_model_asleep():
+    """c wakes; meanwhile a (never awake with c) and then d (fits beside c) queue. d is
+    woken at once, beside the busy c; its commits see only what fits, so it is never
+    turned to a (which would need c asleep) and back again. Then a gets its turn."""
+    h = harness(
+        budget(
+            total=24,
+            a=10,
+            b={"awake": 8, "pin": True},
+            c={"awake": 12, "exclusive_with": ["a"]},
+            d=6,
+        )
+    )
+    held = h.request("c")
+    a = h.request("a")
+    d = h.request("d")
+    h.finish("c", "wake")  # the engine settles: a spinning retarget would fail here
+    assert held.admitted and h.hooks_pending() == [("d", "wake")]
+    assert h.events.of("switch_retargeted") == []
+    h.finish("d", "wake")
+    assert d.admitted and a.queued and h.state("c") == "draining"
+    h.release(held)
+    h.finish("c", "sleep")
+    h.finish("a", "wake")
+    assert a.admitted and up(h) == ["a", "d"]
