@@ -124,8 +124,8 @@ class Policy(Protocol):
 class FifoPolicy:
     """Serve the model of the oldest waiter, as soon as backoff and residency allow.
 
-    Requests for the awake model are always admitted; the active model sleeps
-    after its ``idle_sleep_secs`` with nothing in flight and nobody waiting. A
+    Requests for an awake model are always admitted; an awake model sleeps after
+    its ``idle_sleep_secs`` with nothing in flight and nobody waiting for any model. A
     wake runs to its end even when its waiters left (SPEC §5). ``wake_estimates``
     (model -> seconds) seed the estimates until a switch into the model was measured.
     """

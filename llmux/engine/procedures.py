@@ -5,13 +5,16 @@ Each is a generator (a :data:`~llmux.engine.effects.Procedure`) that yields what
 blocks (hooks, pauses, the drain) and does everything else in short steps under
 the switcher's lock. Before every irreversible step a switch *commits*: under the
 lock it asks the policy again, on the state as it is now, and goes on, turns
-to another model, or gives up and lets the model it left keep serving (SPEC §5:
-a request that left never causes a switch).
+to another model, or gives up and lets the models it was leaving keep serving
+(SPEC §5: a request that left never causes a switch).
 
-A switch::
+A switch puts to sleep its *victims*: the model awake, or under a memory budget
+the models :func:`~llmux.engine.residency.plan` chose (none when the target fits)::
 
-    drain the old model -> commit -> sleep hook (alive check if it fails)
-    -> commit -> wake hook -> alive polling -> admit every waiter of the new model
+    drain the victims together -> commit -> for each victim: [commit ->] sleep hook
+    (alive check if it fails) -> wait for their memory (with a probe) -> commit
+    -> wake hook (once more after one more eviction if out of memory)
+    -> alive polling -> admit every waiter of the new model
 
 :class:`Procedures` is the :class:`~llmux.engine.switcher.Switcher`'s half that
 holds these; it uses the switcher's state and lock directly and has no state of
@@ -100,7 +103,11 @@ class Procedures:
                 freed = self._freed_by(victims)
             t0 = self.clock()
             before = yield from self._probe()
+            first = True
             while victims:
+                if not first and not self._sleep_on(source, victims, target, requested, phases):
+                    return
+                first = False
                 if not (yield from self._put_to_sleep(victims, target, started)):
                     return
             before = yield from self._memory_back(before, freed)
@@ -121,12 +128,12 @@ class Procedures:
             self._running = dataclasses.replace(self._running, wake_started=t0, stop=stop)
             self._check_wake_wanted()  # a preload may have nobody waiting from the start
         failure = yield from self._wake(target, stop)
-        if failure not in (None, ABORTED) and not self.budget.single and looks_like_oom(failure):
-            evicted = yield from self._retry_after_oom(target)
+        if failure not in (None, ABORTED) and looks_like_oom(failure):
+            evicted, used = yield from self._retry_after_oom(target)
             if evicted is not None:
                 with self._locked:
                     self._emit(ev.WakeRetried(target, evicted, failure))
-                before = self._memory_used
+                before = used
                 failure = yield from self._wake(target, stop)
         if failure is None:
             yield from self._measured_wake(target, before)
@@ -155,6 +162,21 @@ class Procedures:
             self._hit(target, 1)  # a wake is the first use of its stay (GDSF)
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
+
+    def _sleep_on(self, source, victims: list[str], target: str, requested, phases) -> bool:
+        """Between two victims' sleep hooks, a commit: whether to go on putting the rest
+        to sleep. Not when llmux shuts down or nobody waits for another model any more
+        (or the policy prefers one of them): the rest serve again and the switch is
+        abandoned (lock taken here)."""
+        with self._locked:
+            if not self._closed and (not requested or self._wanted(tuple(victims)) is not None):
+                return True
+            reason = "no request waits for it any more"
+            if self._closed:
+                reason = "llmux is shutting down"
+            self._keep_serving(list(victims))
+            self._abandoned(source, target, self._running.started, reason, phases)
+            return False
 
     def _revise_victims(self, source, target: str, started: float, phases: dict) -> bool:
         """After a commit (lock held): the victims ``target`` needs now (a retarget or
@@ -276,8 +298,12 @@ class Procedures:
         m = self._models[drain.model]
         if m.in_flight <= 0:
             return True
-        if drain.requested and (self._closed or (m.waiters and self._wanted((m.name,)) is None)):
-            return True
+        if drain.requested:
+            # requests waiting for any model the switch puts to sleep may make it unwanted
+            victims = tuple(n for n in self._victims if n in self._models) or (m.name,)
+            waited = any(self._models[n].waiters for n in victims)
+            if self._closed or (waited and self._wanted(victims) is None):
+                return True
         if drain.deadline is not None and self.clock() >= drain.deadline:
             return False
         return None
@@ -560,6 +586,10 @@ class Procedures:
 
     def _forget(self, m) -> None:
         del self._models[m.name]
+        budget = self.budget
+        if not budget.single and m.name in budget.models:  # a removed model's kept size
+            models = {n: spec for n, spec in budget.models.items() if n != m.name}
+            self.budget = dataclasses.replace(budget, models=models)
         forget = getattr(self.hooks, "forget", None)
         if forget is not None:
             forget(m.name)

@@ -9,8 +9,8 @@ Usage::
     room.victims, room.fits                          # ("embed",), True
 
 Pure functions and one small stateful score keeper (:class:`Gdsf`); the switcher
-holds them under its lock. The fit check (``../shared/notes/residency-and-scale-out.md``
-§3.2) is::
+holds them under its lock. The fit check (docs/residency.md; a declared footprint
+per model and a budget, as llama-swap#1004 and llama.cpp PR #21231 ask) is::
 
     sum(size(m) for m awake after the wake) + sum(asleep(m) for every other model)
         + headroom <= budget
@@ -159,8 +159,8 @@ class Gdsf:
     1998) with the frequency damped: ``H(m) = L + (1 + ln freq(m)) * cost(m) / size(m)``,
     recomputed on every hit, with ``L`` the clock: the ``H`` of the last model evicted.
     The lowest ``H`` goes first; ties go to the least recently used. ``cost``: seconds
-    to wake m again (the measured wake); ``size``: bytes it frees. Not thread-safe:
-    the switcher's lock.
+    to wake m again (the measured wake); ``size``: bytes it holds awake. Not
+    thread-safe: the switcher's lock.
 
     Why damped: with the linear ``freq`` of the paper, a model that served a long burst
     stays ahead of every other until the clock catches up, long after the burst. In

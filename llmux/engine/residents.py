@@ -8,7 +8,8 @@ drained or put to sleep), in the order they woke. Under a memory budget
 A policy reasons about one server (one model ``active``, the one a switch would
 leave). With several models up, the snapshot it gets is a projection:
 
-- while a switch runs, ``active`` is the model it leaves, if still up;
+- while a switch that puts models to sleep runs, ``active`` is the lead of the
+  models it was to put to sleep when it began (or was last turned), while up;
 - else, if some waiting model fits beside the models up (no one need sleep),
   ``active`` is None and the policy sees only those models' queues: waking one
   of them preempts nobody;
@@ -20,10 +21,11 @@ Without a budget the projection is exactly the one model up, so the policies
 decide as they did when one model was all llmux knew.
 
 With a ``memory.probe`` (``hooks.probe_memory``), a switch also measures
-(``../shared/notes/residency-and-scale-out.md`` §3.3-3.4): after putting models to
-sleep it waits, at most :data:`MEMORY_BACK_SECS`, until 80 % of what they held is
-free again (Ollama's ``waitForVRAMRecovery``); it reads the device before and after
-each wake and keeps what the wake took (:class:`~llmux.engine.residency.MeasuredSizes`).
+("measure, don't estimate": Ollama's new memory management, PR #11090; LocalAI#6068):
+after putting models to sleep it waits, at most :data:`MEMORY_BACK_SECS`, until 80 %
+of what they held is free again (Ollama's ``waitForVRAMRecovery``); it reads the
+device before and after each wake and keeps what the wake took
+(:class:`~llmux.engine.residency.MeasuredSizes`).
 A wake that fails as out of memory (:func:`~llmux.engine.residency.looks_like_oom`)
 is retried once after one more idle model is put to sleep.
 """
@@ -38,7 +40,7 @@ from . import events as ev
 from .effects import Call, Pause, Procedure
 from .policy import Snapshot
 from .residency import OVER_DECLARED, Room, format_bytes, order_key, plan
-from .states import AWAKE, DRAINING, SLEEPING
+from .states import AWAKE, DRAINING, FAILED, SLEEPING
 from .waiters import QueuesView, QueueWeights
 
 MEMORY_BACK_SECS = 5.0  # the longest wait for a sleep's memory to come back
@@ -64,18 +66,23 @@ class Residents:
         return max(declared, measured)
 
     def _room(self, target: str) -> Room:
-        """What to put to sleep for ``target`` to fit, given the models up now (lock held)."""
+        """What to put to sleep for ``target`` to fit, given the models up now (lock held).
+
+        Sizes are :meth:`_size`'s. When by those ``target`` could not fit even with every
+        candidate asleep, but by declared sizes it could, it may still be tried with
+        every candidate asleep (``fits`` True): a measured size is evidence, not a
+        verdict (one taken while another process held memory would otherwise lock a
+        model out for good), and a wake that then meets a full GPU is retried once.
+        """
         models = self._models
         busy = {n for n in self._up if models[n].in_flight or models[n].waiters}
         last_used = {n: models[n].last_used for n in self._up}
-        return plan(
-            self.budget,
-            target,
-            self._up,
-            busy=busy,
-            size=self._size,
-            order=order_key(self.budget.eviction, self.gdsf, last_used),
-        )
+        order = order_key(self.budget.eviction, self.gdsf, last_used)
+        room = plan(self.budget, target, self._up, busy=busy, size=self._size, order=order)
+        if room.fits or self.budget.single:
+            return room
+        declared = plan(self.budget, target, self._up, busy=busy, order=order)
+        return Room(room.victims, True) if declared.fits else room
 
     def _lead_of(self, victims: Sequence[str]) -> str | None:
         """Of the models a switch would put to sleep, the one the policy weighs: the
@@ -97,12 +104,14 @@ class Residents:
         if running is not None and running.source in self._up:
             return running.source, None  # a switch that puts models to sleep: as always
         waiting = [m for m in self._models.values() if m.waiters and m.name not in self._up]
-        fitting = {m.name: m for m in waiting if self._fits_now(m.name)}
         if running is not None:
-            # a wake with nothing (left) to put to sleep: its commits see what the
-            # decision that started it saw, the models that fit now; seeing others
-            # would turn it to a model that does not fit, and back again, for ever
-            return None, fitting
+            # a wake with nothing (left) to put to sleep: its commits see the models that
+            # fit now, its own target always among them, as the decision that started it
+            # could; seeing others would turn it to a model that does not fit, and
+            # dropping its target would abandon it, and both start again, for ever
+            target = running.target
+            return None, {m.name: m for m in waiting if m.name == target or self._fits_now(m.name)}
+        fitting = {m.name: m for m in waiting if self._fits_now(m.name)}
         if not waiting:
             return next(reversed(self._up), None) if self._up else None, None
         if fitting:
@@ -111,7 +120,12 @@ class Residents:
         return self._lead_of(self._room(oldest.name).victims), None
 
     def _fits_now(self, model: str) -> bool:
-        """Whether ``model`` fits beside the models up, none put to sleep (lock held)."""
+        """Whether ``model`` fits beside the models up, none put to sleep (lock held).
+        A model whose last wake failed does not count: retried first whenever it fits,
+        it could keep an older waiter that needs room from its turn for ever; it takes
+        its turn in arrival order like any model that needs room."""
+        if self._models[model].state == FAILED:
+            return False
         room = self._room(model)
         return room.fits and not room.victims
 
@@ -181,12 +195,14 @@ class Residents:
     def _probe(self) -> Procedure:
         """The device's memory in use (bytes) from the probe; None without one or on failure."""
         probe = getattr(self.hooks, "probe_memory", None)
-        if probe is None or self.budget.single:
+        with self._locked:
+            single = self.budget.single
+        if probe is None or single:
             return None
         used = yield Call(probe)
-        if used is not None:
-            with self._locked:
-                self._memory_used = used
+        with self._locked:
+            self._memory_used = used  # None after a failure: no stale reading is kept
+            if used is not None:
                 self._emit(ev.MemoryProbed(used))
         return used
 
@@ -218,7 +234,11 @@ class Residents:
             self._emit(ev.MemoryMeasured(model, took, declared, measured))
 
     def _freed_by(self, victims: Sequence[str]) -> int:
-        return sum(max(self._size(v) - self.budget.asleep(v), 0) for v in victims)
+        """Bytes putting ``victims`` to sleep should give back: what their wakes were
+        measured to take where known (waiting for the larger declared size of a model
+        that takes less would wait out the whole bound), else their declared size."""
+        held = [self.measured.get(v) or self.budget.declared(v) for v in victims]
+        return sum(max(h - self.budget.asleep(v), 0) for h, v in zip(held, victims, strict=True))
 
     # --- evictions ---
 
@@ -234,9 +254,12 @@ class Residents:
 
     def _retry_after_oom(self, target: str) -> Procedure:
         """Put one more idle, unpinned model to sleep so that a wake of ``target`` that
-        failed as out of memory can be tried again; the model put to sleep, or None
-        when there is none (or it would not go to sleep)."""
+        failed as out of memory can be tried again: ``(model put to sleep, the device's
+        use after it, or None)``, or ``(None, None)`` when there is none, it would not
+        go to sleep, or there is no budget (one model awake: nothing else to evict)."""
         with self._locked:
+            if self.budget.single:
+                return None, None
             idle = [
                 n
                 for n in self._up
@@ -247,7 +270,7 @@ class Residents:
                 and not self.budget.pinned(n)
             ]
             if not idle:
-                return None
+                return None, None
             last_used = {n: self._models[n].last_used for n in idle}
             victim = min(idle, key=order_key(self.budget.eviction, self.gdsf, last_used))
             m = self._models[victim]
@@ -259,12 +282,12 @@ class Residents:
             if not result.ok and still_alive:
                 self._set_state(m, AWAKE)
                 self._admit_all(m)
-                return None
+                return None, None
             self._evicted(victim, target, "out_of_memory")
             self._went_to_sleep(m)
             freed = self._freed_by([victim])
-        yield from self._memory_back(before, freed)
-        return victim
+        used = yield from self._memory_back(before, freed)
+        return victim, used
 
     def _memory_status(self) -> dict | None:
         """The memory budget as the status shows it (bytes), None without one (lock held):

@@ -145,7 +145,7 @@ class _Model:
     last_used: float = 0.0  # when the last request ended, or it woke
     idle_sleep_secs: float | None = None
     removed: bool = False  # by a reload; forgotten once asleep
-    came_from: str | None = None  # the model put to sleep when it last woke
+    came_from: str | None = None  # the lead of what its last wake put to sleep
 
 
 class _PerModel(Mapping):
@@ -661,7 +661,7 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
             if policy is not None:
                 self.policy = policy
             if budget is not None:
-                self.budget = budget
+                self._rebudget(budget, idle_sleep)
             for name, secs in idle_sleep.items():
                 m = self._models.get(name)
                 if m is None:
@@ -681,6 +681,25 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
             self._kick()
             self._reschedule()
             return still_awake
+
+    def _rebudget(self, budget: Budget, configured: Mapping) -> None:
+        """Take ``budget`` from a reload (lock held). A removed model still up keeps
+        its old size until it is put to sleep and forgotten (counted as 0 it would let
+        another model wake beside its real memory); a model whose memory settings
+        changed, or that is gone, starts its measurements afresh."""
+        old = self.budget
+        if not budget.single:
+            kept = {
+                n: old.models[n]
+                for n in self._up
+                if n not in configured and not old.single and n in old.models
+            }
+            if kept:
+                budget = dataclasses.replace(budget, models={**budget.models, **kept})
+        for name in set(old.models) | set(budget.models):
+            if old.models.get(name) != budget.models.get(name) or name not in configured:
+                self.measured.forget(name)
+        self.budget = budget
 
     # --- waiting for the slot, and shutdown ---
 

@@ -162,10 +162,11 @@ class Gateway:
             )
 
     def sleep_on_exit(self) -> None:
-        """``shutdown.sleep_active``: after the drain, put the awake model to sleep."""
-        active = self.switcher.status()["active"]
-        if self.config.shutdown.sleep_active and active is not None:
-            self.switcher.sleep(active, reason="shutdown", timeout=5.0)
+        """``shutdown.sleep_active``: after the drain, put every awake model to sleep."""
+        if not self.config.shutdown.sleep_active:
+            return
+        for model in self.switcher.status()["awake"]:
+            self.switcher.sleep(model, reason="shutdown", timeout=5.0)
 
     def model_entries(self, config: Config) -> list[dict]:
         """``/v1/models``: every model, then every alias, sorted by name within each."""

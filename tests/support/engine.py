@@ -21,8 +21,10 @@ looked at again only when the engine notified ``_drained`` or its deadline came,
 a queued request only when its own condition was notified, the timer only when
 notified or due, so a forgotten notification leaves a scenario stuck and its
 test fails. After every step the harness checks the engine's invariants: never
-two models up, in-flight counts equal the tickets held, the switching slot taken
-exactly while a procedure runs, and every state change a legal transition.
+two models up (under a memory budget: the models up fit it, no exclusive pair
+up, and with a fake GPU it is never overfilled), one wake or sleep hook at a
+time, in-flight counts equal the tickets held, the switching slot taken exactly
+while a procedure runs, and every state change a legal transition.
 
 Not covered here, and covered by the threaded tests (tests/unit/test_switcher*.py):
 ``acquire``'s own waiting (timeouts, ``cancelled`` probes), ``Switcher.sleep``'s

@@ -139,9 +139,28 @@ def test_memory_held_asleep_counts_against_the_budget():
     assert up(h) == ["b"]
 
 
-def test_a_model_measured_past_the_budget_fails_its_requests_clearly():
+def test_a_model_measured_past_the_budget_is_still_tried_with_everything_else_asleep():
+    """A measurement is evidence, not a verdict: b was once measured at 90 GiB (another
+    process held memory then); by its declared 30 GiB it fits, so every other model is
+    put to sleep and b is woken, not refused for good."""
     h = harness(budget(a=40, b=30))
-    h.sw.measured.observe("b", 90 * GiB)  # what a probe saw a wake of b take
+    wake(h, "a")
+    h.sw.measured.observe("b", 90 * GiB)
+    r = h.request("b")
+    assert h.hooks_pending() == [("a", "sleep")]
+    h.finish("a", "sleep")
+    h.finish("b", "wake")
+    assert r.admitted and up(h) == ["b"]
+
+
+def test_a_model_that_cannot_fit_by_its_declared_size_fails_its_requests_clearly():
+    """A reload shrank the budget below a model that is already awake and pinned, so b
+    cannot fit even with every model that may sleep asleep: its request fails at once."""
+    h = harness(budget(a={"awake": 40, "pin": True}, b=30))
+    wake(h, "a")
+    h.sw.reconfigure(
+        {"a": None, "b": None}, budget=budget(total=60, a={"awake": 40, "pin": True}, b=30)
+    )
     r = h.request("b")
     assert isinstance(r.error, ModelUnavailable)
     assert "does not fit in the memory budget" in str(r.error)
@@ -316,3 +335,82 @@ def test_a_wake_that_fits_goes_on_while_an_older_waiter_needs_a_busy_model_aslee
     h.finish("c", "sleep")
     h.finish("a", "wake")
     assert a.admitted and up(h) == ["a", "d"]
+
+
+def test_a_failed_model_that_fits_is_retried_in_its_turn_without_a_spin():
+    """c's wake failed; c (fits) and b (needs the busy a asleep) then wait. A failed
+    model does not jump the queue as a model that fits would, and its retry, once
+    decided, is not abandoned at its own commit for not fitting the view: the engine
+    settles and serves both."""
+    h = harness(
+        budget(
+            total=60,
+            a=30,
+            b={"awake": 30, "exclusive_with": ["c"]},
+            c=20,
+            e={"awake": 10, "pin": True},
+        ),
+        failure_backoff_secs=0.5,
+    )
+    wake(h, "e")
+    held = h.request("a")
+    h.finish("a", "wake")
+    first = h.request("c")
+    h.finish("c", "wake", rc=1)
+    h.finish("c", "sleep")  # the failed wake's clean-up
+    assert isinstance(first.error, ModelUnavailable) and h.state("c") == "failed"
+    c = h.request("c")
+    b = h.request("b")
+    h.advance(1.0)  # past the backoff: the harness fails if the engine spins
+    assert h.hooks_pending() == [("c", "wake")]
+    h.finish("c", "wake")
+    assert c.admitted and b.queued
+    h.release(held, c)  # b needs c (exclusive) and a (room) asleep
+    for model, kind in (("c", "sleep"), ("a", "sleep"), ("b", "wake")):
+        assert h.hooks_pending() == [(model, kind)]
+        h.finish(model, kind)
+    assert b.admitted and up(h) == ["b", "e"]
+
+
+def test_a_removed_model_still_awake_keeps_its_size_until_it_sleeps():
+    h = harness(budget(a=50, b=50))
+    wake(h, "a")
+    held = h.request("a")  # busy: the reload's own sleep of a must drain it first
+    assert h.sw.reconfigure({"b": None}, budget=budget(b=50)) == ["a"]
+    r = h.request("b")  # b does not fit beside a's real 50 GiB: a must sleep first
+    assert h.state("a") == "draining" and h.hooks_pending() == []
+    h.release(held)
+    h.finish("a", "sleep")
+    h.finish("b", "wake")
+    assert r.admitted and up(h) == ["b"] and "a" not in h.sw.budget.models
+
+
+def test_between_two_victims_sleeps_the_switch_asks_again():
+    """t needs a and b asleep. While a sleeps, t's client leaves and b is asked for:
+    b is not put to sleep (only to be woken again), and the switch is abandoned."""
+    h = harness(budget(total=100, a=40, b=40, t=80))
+    wake(h, "a")
+    wake(h, "b")
+    t = h.request("t")
+    first = h.hooks_pending()[0][0]
+    h.cancel(t)
+    again = h.request(first == "a" and "b" or "a")
+    h.finish(first, "sleep")
+    assert h.hooks_pending() == [] and again.admitted
+    assert h.sw.last_switch["result"] == "abandoned"
+
+
+def test_a_drain_ends_early_when_any_victim_is_wanted_again():
+    """a and b drain for t; t's client leaves and a request for b comes while a still
+    streams: the switch is abandoned at once rather than after a's longest stream."""
+    h = harness(budget(total=100, a=40, b=40, t=80))
+    wake(h, "a")
+    wake(h, "b")
+    ra, rb = h.request("a"), h.request("b")
+    t = h.request("t")
+    assert {h.state("a"), h.state("b")} == {"draining"}
+    h.cancel(t)
+    again = h.request("b")
+    h.release(rb)
+    assert again.admitted and h.state("a") == h.state("b") == "awake"
+    h.release(ra)
