@@ -184,6 +184,13 @@ def size(value: Any) -> int:
     return residency.parse_size(value)
 
 
+def positive_size(value: Any) -> int:
+    bytes_ = residency.parse_size(value)
+    if bytes_ <= 0:
+        raise ValueError(f"expected a size above 0, got {_show(value)}")
+    return bytes_
+
+
 def setting(default: Any, check: Callable[[Any], Any], *, required: bool = False) -> Any:
     meta = {"check": check, "required": required}
     if isinstance(default, Mapping):  # an empty read-only mapping, built per instance
@@ -275,7 +282,7 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class MemoryConfig:
     # what the models may use together; None: one model awake at a time
-    budget: int | None = setting(None, optional(size))
+    budget: int | None = setting(None, optional(positive_size))
     headroom: int = setting(0, size)  # kept free
     # a shell command that prints the device's used memory in MiB (nvidia-smi ...)
     probe: str | None = setting(None, optional(text))
@@ -534,17 +541,28 @@ def _check_memory(config: Config, problems: list[str]) -> None:
     every model must fit beside the pinned ones (:func:`residency.never_fits`)."""
     budget = config.memory.budget
     models = config.models
+    if budget is None and config.memory.probe:
+        problems.append("memory.probe: needs memory.budget (it measures models awake together)")
+    if budget is not None and config.memory.headroom >= budget:
+        problems.append(
+            f"memory.headroom: {residency.format_bytes(config.memory.headroom)} leaves nothing "
+            f"of the budget ({residency.format_bytes(budget)})"
+        )
+        return
     for name, m in models.items():
         where = f"models.{name}"
         if budget is None:
-            for key in ("memory", "pin", "exclusive_with"):
+            for key in ("memory", "memory_asleep", "pin", "exclusive_with"):
                 if getattr(m, key):
                     problems.append(f"{where}.{key}: needs memory.budget (the memory block)")
             continue
         if m.memory is None:
-            problems.append(f"{where}.memory: required with memory.budget")
+            if not any(p.startswith(f"{where}.memory:") for p in problems):  # not if invalid
+                problems.append(f"{where}.memory: required with memory.budget")
         elif m.memory_asleep > m.memory:
-            problems.append(f"{where}.memory_asleep: more than its memory ({m.memory} bytes)")
+            problems.append(
+                f"{where}.memory_asleep: more than its memory ({residency.format_bytes(m.memory)})"
+            )
         for i, other in enumerate(m.exclusive_with):
             if other not in models or other == name:
                 problems.append(
@@ -553,7 +571,8 @@ def _check_memory(config: Config, problems: list[str]) -> None:
     if budget is None or any(m.memory is None for m in models.values()):
         return
     for name, why in residency.never_fits(config.budget()).items():
-        problems.append(f"models.{name}.memory: it can never be woken: {why}")
+        key = "exclusive_with" if "exclusive_with" in why else "memory"
+        problems.append(f"models.{name}.{key}: it can never be woken: {why}")
 
 
 def load_config(path: str, *, port: int | None = None) -> Config:

@@ -4,7 +4,7 @@ Usage::
 
     owner = Ownership("/etc/llmux/llmux.yaml")
     owner.acquire(wait=True)          # blocks (cooperatively) while another process owns it
-    awake = reconcile(owner.recorded(), hooks)
+    awake = reconcile(owner.recorded(), models, hooks.run)   # the models kept awake
     ...
     owner.record({"qwen": "awake"})   # on every state change
 
@@ -202,16 +202,21 @@ def reconcile(
     adopt: bool = False,
     prefer: str | None = None,
     choose=None,
-) -> str | None:
-    """Find the model that is awake at start; keep one, put every other live one to sleep.
+    fits=None,
+) -> list[str]:
+    """Find the models awake at start; keep what may stay awake, put every other
+    live one to sleep. Returns the models kept, the preferred first.
 
     Probes with ``alive`` the models a previous owner left not asleep, or with
     ``adopt`` every configured model (one started by hand, or by a service
     manager). ``run_hook(model, kind)`` returns a HookResult. The live models
     are ordered: the one recorded awake, then half-started ones, then ``prefer``
     (the preload), then config order; ``choose(alive)`` (the policy's
-    ``keep_at_start``; default: the first) picks the one kept. A half-woken one
-    is put to sleep unless it is the one kept.
+    ``keep_at_start``; default: the first) picks the one kept first. Under a
+    memory budget, ``fits(models)`` says whether models may be awake together:
+    every other live model is then kept too, in that order, while they fit
+    (a previous llmux left several awake). A half-woken one is put to sleep
+    unless it is kept; every model put to sleep is logged.
     """
     candidates = [m for m, state in recorded.items() if m in models and state != ASLEEP]
     candidates.sort(key=lambda m: recorded[m] != AWAKE)  # the awake one first
@@ -221,17 +226,33 @@ def reconcile(
         )  # stable: config order after the preload
         candidates += rest
     if not candidates:
-        return None
+        return []
     alive = [m for m in candidates if run_hook(m, "alive").ok]
     keep = choose(alive) if choose is not None and alive else None
     if alive and keep not in alive:  # a policy answer outside its choices: take the first
         keep = alive[0]
+    kept = [keep] if keep is not None else []
+    if fits is not None:
+        for model in alive:
+            if model not in kept and recorded.get(model) == AWAKE and fits([*kept, model]):
+                kept.append(model)
     for model in candidates:
-        if model != keep and (model in alive or recorded.get(model) in (WAKING, FAILED)):
-            run_hook(model, "sleep")  # a second live model, or a half-started one
+        if model not in kept and (model in alive or recorded.get(model) in (WAKING, FAILED)):
+            log.info(  # a second live model, or a half-started one
+                "putting %s to sleep at start",
+                model,
+                extra={"event": "reconcile_sleep", "model": model},
+            )
+            run_hook(model, "sleep")
     log.info(
         "found %s awake at start",
-        keep or "no model",
-        extra={"event": "reconciled", "model": keep, "probed": candidates, "alive": alive},
+        ", ".join(kept) or "no model",
+        extra={
+            "event": "reconciled",
+            "model": keep,
+            "models": kept,
+            "probed": candidates,
+            "alive": alive,
+        },
     )
-    return keep
+    return kept

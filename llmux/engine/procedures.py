@@ -508,19 +508,22 @@ class Procedures:
     # --- outside knowledge: start-up and a backend that went away ---
 
     def _start_up(self, prepare, preload: str | None) -> Procedure:
-        """Learn what is awake (``prepare()``), then preload if nothing is."""
+        """Learn what is awake (``prepare()``: a model, a list of them, or None), then
+        preload if nothing is."""
         awake = None
         try:
             awake = yield Call(prepare)
         except Exception:
             log.exception("start-up check failed", extra={"event": "startup_failed"})
+        found = [awake] if isinstance(awake, str) else list(awake or [])
         with self._locked:
-            if awake in self._models:
-                m = self._models[awake]
-                self._set_state(m, AWAKE)
-                m.awake_since = m.last_used = self.clock()
-                self._up[awake] = None
-            if awake is not None or preload not in self._models or self._closed:
+            for name in found:
+                if name in self._models and name not in self._up:
+                    m = self._models[name]
+                    self._set_state(m, AWAKE)
+                    m.awake_since = m.last_used = self.clock()
+                    self._up[name] = None
+            if found or preload not in self._models or self._closed:
                 self._free_slot()
                 return
             log.info("preloading %s", preload, extra={"event": "preload", "model": preload})
@@ -541,7 +544,7 @@ class Procedures:
                         model,
                         extra={"event": "backend_lost", "model": model},
                     )
-                    self._went_to_sleep(m)
+                    self._went_to_sleep(m, slept=False)
                 self._free_slot()
 
     # --- the state a switch leaves behind (lock held) ---
@@ -573,9 +576,12 @@ class Procedures:
             "phases": dict(phases or {}),
         }
 
-    def _went_to_sleep(self, m) -> None:
-        """``m`` is asleep now; a model a reload removed is forgotten here."""
+    def _went_to_sleep(self, m, slept: bool = True) -> None:
+        """``m`` is asleep now; a model a reload removed is forgotten here. ``slept``:
+        its sleep hook put it to sleep (so it holds its ``memory_asleep``), rather than
+        its backend being found gone."""
         self._set_state(m, ASLEEP)
+        m.holds_asleep = slept
         self._up.pop(m.name, None)
         self.gdsf.forget(m.name)
         if m.awake_since is not None:

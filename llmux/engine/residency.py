@@ -85,6 +85,17 @@ class Budget:
         spec = self.models.get(model)
         return spec is not None and spec.pin
 
+    def fits(self, models) -> bool:
+        """Whether ``models`` may be awake together by their declared sizes: within the
+        budget less headroom (every other model's asleep share held), no exclusive pair."""
+        models = list(models)
+        if self.single:
+            return len(models) <= 1
+        held = sum(self.declared(m) for m in models) + self.headroom
+        held += sum(self.asleep(m) for m in self.models if m not in models)
+        clash = any(self.exclusive(a, b) for a in models for b in models if a < b)
+        return held <= self.budget and not clash
+
     def exclusive(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` may never be awake together (either names the other)."""
         sa, sb = self.models.get(a), self.models.get(b)
@@ -246,11 +257,18 @@ def never_fits(budget: Budget) -> dict[str, str]:
             problems[name] = f"is exclusive_with pinned model(s) {', '.join(clash)}"
             continue
         need = spec.awake + sum(budget.models[m].awake for m in pinned)
-        need += sum(s.asleep for m, s in budget.models.items() if m != name and m not in pinned)
+        held = [m for m, s in budget.models.items() if m != name and m not in pinned and s.asleep]
+        need += sum(budget.models[m].asleep for m in held)
         if need > limit:
+            besides = [
+                f"pinned {', '.join(pinned)} awake" if pinned else "",
+                f"memory_asleep of {', '.join(held)}" if held else "",
+            ]
+            with_ = " and ".join(b for b in besides if b)
             problems[name] = (
-                f"needs {format_bytes(need)} with the pinned models awake and the others' "
-                f"memory_asleep held, above the budget less headroom ({format_bytes(limit)})"
+                f"needs {format_bytes(need)}"
+                + (f" with {with_}" if with_ else "")
+                + f", above the budget less headroom ({format_bytes(limit)})"
             )
     return problems
 
@@ -279,6 +297,8 @@ def parse_size(value: object) -> int:
     IEC 80000-13 defines them; case-insensitive). ValueError for anything else."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)  # YAML reads 10737418240.0 as a float
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         number = text.rstrip("kmgtib")

@@ -33,6 +33,7 @@ is retried once after one more idle model is put to sleep.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 from ..errors import ModelUnavailable
@@ -42,6 +43,8 @@ from .policy import Snapshot
 from .residency import OVER_DECLARED, Room, format_bytes, order_key, plan
 from .states import AWAKE, DRAINING, FAILED, SLEEPING
 from .waiters import QueuesView, QueueWeights
+
+log = logging.getLogger("llmux.switcher")
 
 MEMORY_BACK_SECS = 5.0  # the longest wait for a sleep's memory to come back
 MEMORY_BACK_SHARE = 0.8  # ... and the share of it that must come back
@@ -213,7 +216,16 @@ class Residents:
         if before is None or used is None or freed <= 0:
             return used
         deadline = self.clock() + MEMORY_BACK_SECS
-        while before - used < MEMORY_BACK_SHARE * freed and self.clock() < deadline:
+        while before - used < MEMORY_BACK_SHARE * freed:
+            if self.clock() >= deadline:
+                log.warning(
+                    "memory not back %gs after models were put to sleep (%s of %s); waking anyway",
+                    MEMORY_BACK_SECS,
+                    format_bytes(max(before - used, 0)),
+                    format_bytes(freed),
+                    extra={"event": "memory_not_back", "freed_bytes": max(before - used, 0)},
+                )
+                break
             yield Pause(MEMORY_POLL_SECS)
             used = yield from self._probe()
             if used is None:
@@ -228,7 +240,9 @@ class Residents:
         if after is None:
             return
         with self._locked:
-            took = max(after - before, 0) + self.budget.asleep(model)
+            # what it held asleep was in use before the wake already; a cold start held none
+            held = self.budget.asleep(model) if self._models[model].holds_asleep else 0
+            took = max(after - before, 0) + held
             declared = self.budget.declared(model)
             measured = self.measured.observe(model, took)
             self._emit(ev.MemoryMeasured(model, took, declared, measured))
@@ -270,6 +284,12 @@ class Residents:
                 and not self.budget.pinned(n)
             ]
             if not idle:
+                log.warning(
+                    "waking %s ran out of memory and no idle, unpinned model can make room: "
+                    "the wake fails (is memory.budget above what the device has free?)",
+                    target,
+                    extra={"event": "wake_not_retried", "model": target},
+                )
                 return None, None
             last_used = {n: self._models[n].last_used for n in idle}
             victim = min(idle, key=order_key(self.budget.eviction, self.gdsf, last_used))

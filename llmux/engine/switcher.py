@@ -146,6 +146,7 @@ class _Model:
     idle_sleep_secs: float | None = None
     removed: bool = False  # by a reload; forgotten once asleep
     came_from: str | None = None  # the lead of what its last wake put to sleep
+    holds_asleep: bool = False  # its sleep hook put it to sleep: it holds memory_asleep
 
 
 class _PerModel(Mapping):
@@ -569,8 +570,9 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
 
     # --- starting, re-checking, putting to sleep ---
 
-    def start(self, prepare: Callable[[], str | None], preload: str | None = None) -> None:
-        """Run ``prepare`` before anything else; it returns the model already awake.
+    def start(self, prepare: Callable[[], Any], preload: str | None = None) -> None:
+        """Run ``prepare`` before anything else; it returns the model already awake (or
+        a list of them, under a memory budget).
 
         Used at start-up to take the right to run hooks and to learn, by probing,
         which model a previous llmux left awake. Requests queue meanwhile. Then,

@@ -70,11 +70,19 @@ def _budget(trace: Trace, config, budget_text: str | None, sizes_text: str | Non
     sizes: dict[str, int] = {}
     for item in (sizes_text or "").split(","):
         if item.strip():
-            name, _, value = item.partition("=")
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"expected M=SIZE, got {item!r}", param_hint="--memory")
             try:
                 sizes[name.strip()] = parse_size(value.strip())
             except ValueError as exc:
                 raise click.BadParameter(f"{item!r}: {exc}", param_hint="--memory") from None
+    unknown = sorted(set(sizes) - set(trace.models))
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)} not in the trace (its models: {', '.join(trace.models)})",
+            param_hint="--memory",
+        )
     for m in trace.models:
         declared = config.models[m].memory if config is not None and m in config.models else None
         if m not in sizes and declared is not None:
@@ -206,6 +214,8 @@ def simulate(
         min_active_secs=opts["min_active_secs"],
     )
     budget = _budget(trace, config, memory_budget, memory_sizes)
+    if evictions and budget is None:
+        raise click.UsageError("--evictions needs a memory budget: --memory-budget, or -c a config")
     rules = [r.strip() for r in (evictions or "gdsf,lru").split(",") if r.strip()]
     if any(r not in EVICTIONS for r in rules) or not rules:
         expected = f"expected some of {', '.join(EVICTIONS)}"

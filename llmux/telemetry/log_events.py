@@ -13,6 +13,8 @@ from ..engine.events import Observer
 from ..engine.policy import IDLE
 from ..engine.residency import OVER_DECLARED, format_bytes
 
+UNDER_DECLARED = 0.5  # a wake measured below this share of the declared size is reported
+
 log = logging.getLogger("llmux.switcher")
 
 
@@ -80,16 +82,24 @@ class LogObserver(Observer):
 
     def memory_measured(self, model, took_bytes, declared_bytes, measured_bytes):
         over = measured_bytes > OVER_DECLARED * declared_bytes
+        # far less than declared: the probe may read another device than the hooks use
+        under = took_bytes < UNDER_DECLARED * declared_bytes
+        event, note = "memory_measured", ""
+        if over:
+            event, note = "memory_over_declared", ": more than 10% over its declared memory"
+        elif under:
+            event = "memory_under_declared"
+            note = ": far below its declared memory; does the probe read the model's GPU?"
         log.log(
-            logging.WARNING if over else logging.INFO,
+            logging.WARNING if over or under else logging.INFO,
             "%s took %s on waking (declared %s, measured %s)%s",
             model,
             format_bytes(took_bytes),
             format_bytes(declared_bytes),
             format_bytes(measured_bytes),
-            ": more than 10% over its declared memory" if over else "",
+            note,
             extra={
-                "event": "memory_over_declared" if over else "memory_measured",
+                "event": event,
                 "model": model,
                 "took_bytes": took_bytes,
                 "declared_bytes": declared_bytes,

@@ -110,6 +110,7 @@ class Gateway:
         self.ownership.acquire()
         self.ownership.kill_orphaned_hooks()
         startup = self.config.startup
+        budget = self.config.budget()
         awake = reconcile(
             self.ownership.recorded(),
             self.config.models,
@@ -117,8 +118,9 @@ class Gateway:
             adopt=startup.adopt,
             prefer=startup.preload,
             choose=self.switcher.policy.keep_at_start,
+            fits=None if budget.single else budget.fits,
         )
-        self.ownership.record({awake: ModelState.AWAKE} if awake else {})
+        self.ownership.record({model: ModelState.AWAKE for model in awake})
         return awake
 
     def authorize(self, header: str | None, x_api_key: str | None, config: Config) -> None:

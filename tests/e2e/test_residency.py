@@ -114,3 +114,22 @@ def test_a_wake_waits_for_the_memory_a_sleep_gives_back(llmux_factory, probe):
         assert r.status_code == 503 and "out of memory" in r.json()["error"]["message"].lower()
         wait_for(lambda: ledger(server)["used"] == 0, 10)
         assert server.chat("b")  # once the memory is back, the next request wakes it
+
+
+def test_a_restart_keeps_every_model_left_awake_that_fits(llmux_factory):
+    from .conftest import Llmux
+    from .test_process_life import _config_of, awake_backends
+
+    server = llmux_factory(gpu_models("24GiB", a=10, b=12, c=6), memory={"budget": "24GiB"})
+    assert server.chat("a") and server.chat("b")
+    server.terminate()
+    assert awake_backends(server) == {"a", "b"}
+    again = Llmux(server.dir, _config_of(server), (), None)
+    try:
+        wait_for(lambda: sorted(again.status()["awake"]) == ["a", "b"], 20)  # start-up
+        assert again.chat("a") and again.chat("b")
+        assert server.hook_runs("wake") == [("wake", "a"), ("wake", "b")], "woken twice"
+        found = [r for r in again.log_records() if r.get("event") == "reconciled"]
+        assert found and sorted(found[-1]["models"]) == ["a", "b"]
+    finally:
+        again.cleanup()

@@ -168,3 +168,44 @@ def test_a_config_without_memory_keeps_one_model_awake_and_with_it_a_budget():
     b = config.budget()
     assert not b.single and b.budget == 24 * GiB and b.headroom == GiB
     assert plan(b, "b", ["a"]).victims == ()
+
+
+def test_memory_settings_that_mean_nothing_or_cannot_work_are_refused_by_name():
+    def problems(raw):
+        with pytest.raises(ConfigError) as err:
+            parse_config(raw, "c.yaml")
+        return err.value.problems
+
+    found = problems(
+        {
+            "memory": {"probe": "nvidia-smi"},
+            "models": {"a": model(8001, memory_asleep="1GiB")},
+        }
+    )
+    assert found == [
+        "memory.probe: needs memory.budget (it measures models awake together)",
+        "models.a.memory_asleep: needs memory.budget (the memory block)",
+    ]
+    found = problems({"memory": {"budget": "8GiB", "headroom": "9GiB"}, "models": {"a": model(1)}})
+    assert found == ["memory.headroom: 9.0GiB leaves nothing of the budget (8.0GiB)"]
+    found = problems(
+        {"memory": {"budget": "8GiB"}, "models": {"a": model(8001, memory="80 parsecs")}}
+    )
+    assert len(found) == 1 and found[0].startswith("models.a.memory: expected a size")
+    found = problems(
+        {
+            "memory": {"budget": "8GiB"},
+            "models": {
+                "a": model(8001, memory="1GiB", pin=True),
+                "b": model(8002, memory="1GiB", exclusive_with=["a"]),
+            },
+        }
+    )
+    assert found == [
+        "models.b.exclusive_with: it can never be woken: is exclusive_with pinned model(s) a"
+    ]
+    assert problems({"memory": {"budget": 0}, "models": {"a": model(1, memory=0)}})
+    config = parse_config(
+        {"memory": {"budget": 2.0e10}, "models": {"a": model(8001, memory=1.0e10)}}, "c.yaml"
+    )
+    assert config.models["a"].memory == 10**10

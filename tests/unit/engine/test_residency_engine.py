@@ -414,3 +414,14 @@ def test_a_drain_ends_early_when_any_victim_is_wanted_again():
     h.release(rb)
     assert again.admitted and h.state("a") == h.state("b") == "awake"
     h.release(ra)
+
+
+def test_a_cold_wake_is_measured_without_the_share_it_would_hold_asleep():
+    """b declares 2 GiB held asleep; its first wake starts from nothing, so what the
+    probe sees it take is its whole size, with nothing added for an asleep share."""
+    h = harness(
+        budget(a=10, b={"awake": 10, "asleep": 2}), gpu={"a": 10 * GiB, "b": 10 * GiB},
+        gpu_capacity=80 * GiB,
+    )  # fmt: skip
+    wake(h, "b")
+    assert h.sw.measured.get("b") == 10 * GiB

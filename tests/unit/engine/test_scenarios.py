@@ -666,7 +666,7 @@ def test_reconcile_keeps_the_first_live_model_when_a_policy_names_another():
     kept = reconcile(
         {"a": "awake", "b": "waking"}, ["a", "b", "c"], run_hook, choose=lambda alive: "c"
     )
-    assert kept == "a" and ("b", "sleep") in calls and ("a", "sleep") not in calls
+    assert kept == ["a"] and ("b", "sleep") in calls and ("a", "sleep") not in calls
 
 
 def test_the_estimate_counts_the_residency_a_switch_must_wait_out():
@@ -678,3 +678,26 @@ def test_the_estimate_counts_the_residency_a_switch_must_wait_out():
     h.advance(3.0)
     h.request("b")
     assert h.status()["models"]["b"]["estimated_wait_secs"] == 9.0  # 7 s resident, 2 s switch
+
+
+def test_reconcile_under_a_budget_keeps_every_live_model_that_fits():
+    from llmux.engine.hooks import HookResult
+    from llmux.engine.ownership import reconcile
+
+    calls = []
+
+    def run_hook(model, kind):
+        calls.append((model, kind))
+        return HookResult(kind, 0, 0.0)
+
+    recorded = {"a": "awake", "b": "awake", "c": "awake"}
+    kept = reconcile(recorded, ["a", "b", "c"], run_hook, fits=lambda ms: len(ms) <= 2)
+    assert kept == ["a", "b"] and ("c", "sleep") in calls
+    assert ("a", "sleep") not in calls and ("b", "sleep") not in calls
+    from llmux.engine.residency import Budget, ModelMemory
+
+    h = Harness(budget=Budget(2, 0, {m: ModelMemory(1) for m in "abc"}))
+    h.up.update(kept)
+    h.sw.start(lambda: kept)
+    h.settle()
+    assert h.state("a") == h.state("b") == "awake" and h.status()["awake"] == ["a", "b"]
