@@ -455,3 +455,38 @@ class Harness:
         changes = [a for n, a in self.events.events[seen:] if n == "state_changed"]
         self._seen = len(self.events.events)
         return changes
+
+
+def storm(h: Harness, rng, models: str, steps: int = 300) -> None:
+    """``steps`` random steps on ``h``: arrivals for ``models`` (40 %), releases (20 %),
+    departures (5 %), hook outcomes (25 %, one in ten a failure) and clock moves."""
+    for _ in range(steps):
+        roll = rng.random()
+        held = [r for r in h.requests if r.admitted and not r.released]
+        queued = [r for r in h.requests if r.queued]
+        if roll < 0.4:
+            h.request(rng.choice(models))
+        elif roll < 0.6 and held:
+            h.release(rng.choice(held))
+        elif roll < 0.65 and queued:
+            h.cancel(rng.choice(queued))
+        elif roll < 0.9 and h.hooks_pending():
+            model, kind = rng.choice(h.hooks_pending())
+            h.finish(model, kind, rc=0 if rng.random() < 0.9 else 1)
+        else:
+            h.advance(rng.choice([0.1, 1.0]))
+
+
+def run_dry(h: Harness, passes: int = 1000) -> None:
+    """Finish every hook and release every ticket until nobody waits (at most ``passes``
+    rounds; a backoff may hold the next switch, so the clock moves when nothing else can)."""
+    for _ in range(passes):
+        held = [r for r in h.requests if r.admitted and not r.released]
+        if held:
+            h.release(*held)
+        elif h.hooks_pending():
+            h.finish(*h.hooks_pending()[0])
+        elif any(r.queued for r in h.requests):
+            h.advance(1.0)
+        else:
+            return

@@ -13,7 +13,7 @@ from llmux.engine.cost_aware import CostAwarePolicy
 from llmux.engine.policy import FifoPolicy
 from llmux.engine.residency import Budget, ModelMemory
 from llmux.errors import ModelUnavailable
-from tests.support.engine import Harness
+from tests.support.engine import Harness, run_dry, storm
 
 GiB = 1024**3
 
@@ -214,31 +214,8 @@ def test_a_storm_under_a_budget_never_breaks_it_and_serves_everyone(policy):
             e={"awake": 10, "pin": True},
         ),
     )
-    for _ in range(300):
-        roll = rng.random()
-        held = [r for r in h.requests if r.admitted and not r.released]
-        queued = [r for r in h.requests if r.queued]
-        if roll < 0.4:
-            h.request(rng.choice("abce"))
-        elif roll < 0.6 and held:
-            h.release(rng.choice(held))
-        elif roll < 0.65 and queued:
-            h.cancel(rng.choice(queued))
-        elif roll < 0.9 and h.hooks_pending():
-            model, kind = rng.choice(h.hooks_pending())
-            h.finish(model, kind, rc=0 if rng.random() < 0.9 else 1)
-        else:
-            h.advance(rng.choice([0.1, 1.0]))
-    for _ in range(1000):
-        held = [r for r in h.requests if r.admitted and not r.released]
-        if held:
-            h.release(*held)
-        elif h.hooks_pending():
-            h.finish(*h.hooks_pending()[0])
-        elif any(r.queued for r in h.requests):
-            h.advance(1.0)
-        else:
-            break
+    storm(h, rng, "abce")
+    run_dry(h)
     assert not any(r.queued for r in h.requests), "a request was never settled"
     assert not h.switching
     assert sum(r.admitted for r in h.requests) > 50

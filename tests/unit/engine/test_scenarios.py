@@ -18,7 +18,7 @@ from llmux.errors import (
     ShuttingDown,
     SwitchTimeout,
 )
-from tests.support.engine import Harness
+from tests.support.engine import Harness, run_dry, storm
 
 
 def awake(h: Harness, model: str) -> None:
@@ -575,32 +575,8 @@ def test_a_storm_of_requests_over_three_models_never_wedges():
 
     rng = random.Random(7)
     h = Harness(failure_backoff_secs=0.5)
-    for _ in range(300):
-        roll = rng.random()
-        held = [r for r in h.requests if r.admitted and not r.released]
-        queued = [r for r in h.requests if r.queued]
-        if roll < 0.4:
-            h.request(rng.choice("abc"))
-        elif roll < 0.6 and held:
-            h.release(rng.choice(held))
-        elif roll < 0.65 and queued:
-            h.cancel(rng.choice(queued))
-        elif roll < 0.9 and h.hooks_pending():
-            model, kind = rng.choice(h.hooks_pending())
-            h.finish(model, kind, rc=0 if rng.random() < 0.9 else 1)
-        else:
-            h.advance(rng.choice([0.1, 1.0]))
-    # then let it run dry: finish every hook, release every ticket, until nobody waits
-    for _ in range(1000):
-        held = [r for r in h.requests if r.admitted and not r.released]
-        if held:
-            h.release(*held)
-        elif h.hooks_pending():
-            h.finish(*h.hooks_pending()[0])
-        elif any(r.queued for r in h.requests):
-            h.advance(1.0)  # a backoff may hold the next switch
-        else:
-            break
+    storm(h, rng, "abc")
+    run_dry(h)
     assert not any(r.queued for r in h.requests), "a request was never settled"
     assert not h.switching
     served = sum(r.admitted for r in h.requests)
