@@ -98,17 +98,19 @@ def measure(h: Harness, trace: Trace, policy: str, args) -> Figures:
     }
     llmux = h.llmux(models, extra=extra, name=f"llmux-{policy}")
     url = f"http://127.0.0.1:{llmux.port}"
-
-    def body(a) -> dict:
-        chunks = max(1, round((a.service_secs - a.prefill_secs) * 1000 / TOKEN_MS))
-        bench = {"chunks": chunks, "gap_ms": TOKEN_MS, "prefill_ms": a.prefill_secs * 1000}
-        return {"model": a.model, "stream": True, "messages": [], "bench": bench}
-
-    got, failed = _drive(url, trace, body)
+    got, failed = _drive(url, trace, stream_body)
     metrics = requests.get(f"http://127.0.0.1:{llmux.port}/metrics", timeout=10).text
     switches = _switches(metrics)
     h.stop(llmux)
     return _figures(policy, "measured", got, failed, switches, args.compress)
+
+
+def stream_body(a) -> dict:
+    """The bench backend's streamed request for arrival ``a``: its prefill, then its
+    service time in chunks :data:`TOKEN_MS` apart."""
+    chunks = max(1, round((a.service_secs - a.prefill_secs) * 1000 / TOKEN_MS))
+    bench = {"chunks": chunks, "gap_ms": TOKEN_MS, "prefill_ms": a.prefill_secs * 1000}
+    return {"model": a.model, "stream": True, "messages": [], "bench": bench}
 
 
 REAL_MODELS = ("smollm2-py", "smollm2-cpp")  # conf/real-cpu.yaml

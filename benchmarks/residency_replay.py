@@ -27,7 +27,7 @@ from llmux.sim.compare import Costs, compare, policy_settings
 from llmux.sim.traces import zipf_bursty
 
 from .harness import Harness
-from .policy_replay import TOKEN_MS, _drive
+from .policy_replay import _drive, stream_body
 
 COSTS = {"m0": 2.0, "m1": 10.0, "m2": 20.0, "m3": 60.0}
 CONCURRENCY = 8
@@ -62,13 +62,7 @@ def measure(h: Harness, trace, rule: str, args) -> dict:
     }
     llmux = h.llmux(models, extra=extra, name=f"llmux-{rule}")
     url = f"http://127.0.0.1:{llmux.port}"
-
-    def body(a) -> dict:
-        chunks = max(1, round((a.service_secs - a.prefill_secs) * 1000 / TOKEN_MS))
-        bench = {"chunks": chunks, "gap_ms": TOKEN_MS, "prefill_ms": a.prefill_secs * 1000}
-        return {"model": a.model, "stream": True, "messages": [], "bench": bench}
-
-    waits, failed = _drive(url, trace, body)
+    waits, failed = _drive(url, trace, stream_body)
     wakes, secs = waking(requests.get(url + "/metrics", timeout=10).text, args.compress)
     h.stop(llmux)
     mean = sum(waits) / len(waits) * args.compress if waits else float("nan")

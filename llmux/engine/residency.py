@@ -85,16 +85,22 @@ class Budget:
         spec = self.models.get(model)
         return spec is not None and spec.pin
 
+    def held(self, awake) -> int:
+        """Bytes held with ``awake`` awake, by declared sizes: theirs, and every other
+        model's asleep share (headroom not included)."""
+        awake = list(awake)
+        return sum(self.declared(m) for m in awake) + sum(
+            self.asleep(m) for m in self.models if m not in awake
+        )
+
     def fits(self, models) -> bool:
         """Whether ``models`` may be awake together by their declared sizes: within the
         budget less headroom (every other model's asleep share held), no exclusive pair."""
         models = list(models)
         if self.single:
             return len(models) <= 1
-        held = sum(self.declared(m) for m in models) + self.headroom
-        held += sum(self.asleep(m) for m in self.models if m not in models)
         clash = any(self.exclusive(a, b) for a in models for b in models if a < b)
-        return held <= self.budget and not clash
+        return self.held(models) + self.headroom <= self.budget and not clash
 
     def exclusive(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` may never be awake together (either names the other)."""
@@ -250,19 +256,19 @@ def never_fits(budget: Budget) -> dict[str, str]:
     validation; empty when every model can."""
     problems = {}
     limit = budget.budget - budget.headroom
-    for name, spec in budget.models.items():
+    for name in budget.models:
         pinned = [m for m in budget.models if m != name and budget.pinned(m)]
         clash = [m for m in pinned if budget.exclusive(m, name)]
         if clash:
             problems[name] = f"is exclusive_with pinned model(s) {', '.join(clash)}"
             continue
-        need = spec.awake + sum(budget.models[m].awake for m in pinned)
-        held = [m for m, s in budget.models.items() if m != name and m not in pinned and s.asleep]
-        need += sum(budget.models[m].asleep for m in held)
+        need = budget.held([name, *pinned])
+        others = [m for m in budget.models if m != name and m not in pinned]
+        holding = [m for m in others if budget.asleep(m)]
         if need > limit:
             besides = [
                 f"pinned {', '.join(pinned)} awake" if pinned else "",
-                f"memory_asleep of {', '.join(held)}" if held else "",
+                f"memory_asleep of {', '.join(holding)}" if holding else "",
             ]
             with_ = " and ".join(b for b in besides if b)
             problems[name] = (

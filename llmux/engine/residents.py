@@ -114,9 +114,9 @@ class Residents:
             # dropping its target would abandon it, and both start again, for ever
             target = running.target
             return None, {m.name: m for m in waiting if m.name == target or self._fits_now(m.name)}
-        fitting = {m.name: m for m in waiting if self._fits_now(m.name)}
         if not waiting:
             return next(reversed(self._up), None) if self._up else None, None
+        fitting = {m.name: m for m in waiting if self._fits_now(m.name)}
         if fitting:
             return None, fitting
         oldest = min(waiting, key=lambda m: m.waiters[0].since)
@@ -160,8 +160,9 @@ class Residents:
         return active, QueuesView(source), QueueWeights(source)
 
     def _unfit(self) -> list[tuple[str, Room]]:
-        """Waiting models that cannot fit even with every unpinned model asleep (a
-        measured size grew past the budget), with their rooms (lock held)."""
+        """Waiting models that cannot fit even by declared sizes with every unpinned
+        model asleep (a reload shrank the budget under pinned models), with their rooms
+        (lock held); a measured size alone never refuses a model (:meth:`_room`)."""
         if self.budget.single:
             return []
         out = []

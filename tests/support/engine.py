@@ -419,15 +419,9 @@ class Harness:
         slot taken exactly while a procedure runs; every state change a transition of
         TRANSITIONS."""
         budget = self.sw.budget
-        if budget.single:
-            assert len(self.up) <= 1, f"two models up at once: {self.up}"
-        else:
-            held = sum(budget.declared(m) for m in self.up) + budget.headroom
-            held += sum(budget.asleep(m) for m in budget.models if m not in self.up)
-            assert held <= budget.budget, f"{sorted(self.up)} hold {held} > {budget.budget}"
-            for a in self.up:
-                for b in self.up:
-                    assert not budget.exclusive(a, b), f"{a} and {b} are exclusive, both up"
+        assert budget.fits(self.up), (
+            f"{sorted(self.up)} up at once: over the budget, or exclusive with each other"
+        )
         assert len(self.hooks_pending()) <= 1, f"hooks overlap: {self.hooks_pending()}"
         if self.gpu is not None:
             assert self.gpu_used() <= self.gpu_capacity, "the fake GPU is overfilled"

@@ -25,14 +25,6 @@ MODELS = ("a", "b", "c")
 GiB = 1024**3
 
 
-def fits_budget(budget: Budget, up: set[str]) -> bool:
-    """Whether the models ``up`` fit ``budget`` (declared sizes) and no two exclude each other."""
-    held = sum(budget.declared(m) for m in up) + budget.headroom
-    held += sum(budget.asleep(m) for m in budget.models if m not in up)
-    clash = any(budget.exclusive(a, b) for a in up for b in up if a != b)
-    return held <= budget.budget and not clash
-
-
 class SwitcherMachine(RuleBasedStateMachine):
     budget = None
 
@@ -40,7 +32,7 @@ class SwitcherMachine(RuleBasedStateMachine):
         super().__init__()
         fits = None
         if self.budget is not None:
-            fits = lambda up: fits_budget(self.budget, up)  # noqa: E731
+            fits = self.budget.fits
         self.hooks = FakeHooks(wake_secs=0.001, sleep_secs=0.001, ready_timeout=0.2, fits=fits)
         self.sw = Switcher(
             MODELS, self.hooks, SwitchSettings(failure_backoff_secs=0.0), budget=self.budget
