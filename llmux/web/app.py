@@ -25,6 +25,7 @@ import socket
 import time
 
 from flask import Flask, Response, request
+from gunicorn.http.wsgi import Response as GunicornResponse
 from prometheus_client import exposition
 from werkzeug.exceptions import HTTPException
 
@@ -53,7 +54,7 @@ from ..telemetry.metrics import Metrics
 from ..telemetry.vllm_names import VllmNames
 from . import bodies, cors, inbound, loading
 from .admin import admin_blueprint
-from .exchange import Exchange, request_id_from
+from .exchange import SERVER_RESPONSE, Exchange, request_id_from
 from .reloading import Reloader
 from .upstream import Reply, Upstream, filter_headers
 
@@ -303,7 +304,11 @@ class Gateway:
             ticket = self.switcher.acquire(model, queued=exchange.queued, weight=weight)
         exchange.admitted(ticket, environ)
         reply = exchange.reply = send()
-        response = Response(exchange.relay(), status=reply.status, direct_passthrough=True)
+        response = Response(
+            exchange.relay(environ.get(SERVER_RESPONSE)),
+            status=reply.status,
+            direct_passthrough=True,
+        )
         response.headers.clear()
         for name, value in reply.headers:
             if not cors.is_cors_header(name):
@@ -523,6 +528,9 @@ class _ReleaseGuard:
         self.app = app
 
     def __call__(self, environ, start_response):
+        server_response = getattr(start_response, "__self__", None)
+        if isinstance(server_response, GunicornResponse):
+            environ[SERVER_RESPONSE] = server_response  # for Relay's pass-through
         try:
             body = self.app(environ, start_response)
         except BaseException:

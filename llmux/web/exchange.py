@@ -36,6 +36,10 @@ from .upstream import Cancel, Reply, UpstreamAborted
 
 log = logging.getLogger("llmux.request")
 
+# The environ key of gunicorn's own response object (``gunicorn.http.wsgi.Response``),
+# which llmux.web.app's outermost layer finds behind ``start_response``.
+SERVER_RESPONSE = "llmux.server_response"
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
@@ -143,9 +147,13 @@ class Exchange:
             self.aborted = reason
             self.cancel.fire()
 
-    def relay(self) -> Relay:
-        """The response body iterable for the reply; closing it closes this exchange."""
-        self.body = Relay(self)
+    def relay(self, server_response=None) -> Relay:
+        """The response body iterable for the reply; closing it closes this exchange.
+
+        ``server_response``: gunicorn's response object (``environ[SERVER_RESPONSE]``),
+        or None under another WSGI server; see :class:`Relay`.
+        """
+        self.body = Relay(self, server_response)
         return self.body
 
     def headers_sent(self) -> None:
@@ -209,20 +217,28 @@ class Exchange:
 class Relay:
     """The body of a relayed response, as the WSGI iterable; ``close()`` ends the exchange.
 
-    Yields ``b""`` first, so gunicorn sends the headers before the first token,
-    then the reply's raw chunks. A backend failure mid-body propagates as
-    :class:`~llmux.web.upstream.UpstreamAborted`, so the client sees a cut response.
+    Yields ``b""`` first, so gunicorn sends the headers before the first token.
+    When gunicorn frames the body in chunks and the backend did too, the
+    backend's chunks then go to the client socket as they arrived, framing and
+    all (:meth:`~llmux.web.upstream.Reply.frames`), with gunicorn's byte count
+    kept for its access log; gunicorn ends the body with its own last chunk.
+    Otherwise (HTTP/1.0 clients, bodies with a length, other WSGI servers) it
+    yields the reply's raw chunks for the server to frame. A backend failure
+    mid-body propagates as :class:`~llmux.web.upstream.UpstreamAborted`, so the
+    client sees a cut response; a failed or timed-out write to the client
+    propagates as gunicorn's own would.
     """
 
-    __slots__ = ("exchange", "_chunks", "_finished", "_failed")
+    __slots__ = ("exchange", "_server", "_chunks", "_finished", "_failed")
 
     @property
     def finished(self) -> bool:
         """True once the backend's whole body was handed to the WSGI server."""
         return self._finished
 
-    def __init__(self, exchange: Exchange):
+    def __init__(self, exchange: Exchange, server_response=None):
         self.exchange = exchange
+        self._server = server_response
         self._chunks: Iterator[bytes] | None = None
         self._finished = False
         self._failed = False
@@ -235,8 +251,15 @@ class Relay:
         exchange = self.exchange
         yield b""
         exchange.headers_sent()
+        reply, server = exchange.reply, self._server
         try:
-            yield from exchange.reply.chunks()
+            if server is not None and server.chunked and reply.chunked:
+                sock = server.sock
+                for framed, payload in reply.frames():
+                    sock.sendall(framed)
+                    server.sent += payload
+            else:
+                yield from reply.chunks()
         except UpstreamAborted:
             self._failed = True
             raise

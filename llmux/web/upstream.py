@@ -16,6 +16,8 @@ before response headers they become :class:`~llmux.errors.BadGateway` or
 The body is read with ``raw.read1(..., decode_content=False)``: the bytes pass
 through untouched (gzip stays gzip) and each chunk is handed on as soon as it
 arrives. ``iter_content`` would hold back a close-delimited body until the end.
+A chunked body can instead be read with its framing (:meth:`Reply.frames`), for a
+client that gets it chunked too: nothing is decoded and framed again per chunk.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
 from ..errors import BackendUnreachable, BadGateway, ClientGone, GatewayTimeout, clip
+from .framing import ChunkScanner
 
 log = logging.getLogger("llmux.proxy")
 
@@ -257,6 +260,47 @@ class Reply:
             if not chunk:
                 return
             yield chunk
+
+    @property
+    def chunked(self) -> bool:
+        """True when the backend frames the body in chunks (``Transfer-Encoding: chunked``)."""
+        return bool(getattr(self._response.raw._fp, "chunked", False))
+
+    def frames(self) -> Iterator[tuple[bytes, int]]:
+        """A chunked body as the backend framed it: ``(framed bytes, payload bytes)``
+        per read, up to the last chunk (see :mod:`llmux.web.framing`).
+
+        Only for a :attr:`chunked` reply, instead of :meth:`chunks`. Reads the
+        buffered socket file under ``http.client``'s response, so no chunk is
+        decoded. At the end the connection goes back to the pool, as urllib3 does
+        after :meth:`chunks`. Raises :class:`UpstreamAborted` on failure, on a
+        malformed framing, or when the body ends before its last chunk.
+        """
+        raw = self._response.raw
+        original = raw._fp  # http.client.HTTPResponse, headers read
+        fp = original.fp
+        scanner = ChunkScanner()
+        while not scanner.done:
+            try:
+                data = fp.read1(CHUNK_BYTES)
+            except (OSError, ValueError) as exc:  # ValueError: fp closed by a cut
+                raise UpstreamAborted(_failure(exc)[1]) from None
+            if not data:
+                raise UpstreamAborted("the body ended before its last chunk")
+            try:
+                framed, payload = scanner.feed(data)
+            except ValueError as exc:
+                raise UpstreamAborted(f"malformed chunked body: {exc}") from None
+            if framed:
+                yield framed, payload
+        if self._cancel is not None:
+            self._cancel.disarm()  # before the connection can serve another request
+            self._cancel = None
+        if scanner.extra:  # bytes past the body: the connection is not reusable
+            raw.close()
+            return
+        original._close_conn()  # http.client's state: this response is over
+        raw.release_conn()
 
     def close(self) -> None:
         """Release the connection; one not read to the end is closed, not pooled."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import re
 import socket
 import time
 
@@ -94,6 +96,56 @@ def read_raw_stream(port, body: dict, *, limit_secs=10.0) -> bytes:
         return data
     finally:
         sock.close()
+
+
+def test_chunked_answers_pass_through_on_one_connection_each_way(llmux):
+    """The backend's chunks reach the client framed as it sent them: each answer ends
+    with a well-formed last chunk, the client's keep-alive connection and llmux's
+    pooled backend connection are both reused, and gunicorn's access log counts the
+    payload bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", llmux.port, timeout=10)
+    body = json.dumps({"model": "a", "stream": True, "messages": []})
+    bodies, local_ends = [], set()
+    try:
+        for _ in range(3):
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("Transfer-Encoding") == "chunked"
+            bodies.append(r.read())  # http.client refuses a malformed or unfinished body
+            assert not r.will_close
+            local_ends.add(conn.sock.getsockname())
+    finally:
+        conn.close()
+    assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
+    assert len(local_ends) == 1, "the client's keep-alive connection was not kept"
+    assert len(worker_connections_to(llmux, llmux.port_of("a"))) == 1
+    wait_for(lambda: len(_access_lines(llmux)) >= 3)
+    assert [int(line.split()[-1]) for line in _access_lines(llmux)[-3:]] == [len(b) for b in bodies]
+
+
+def _access_lines(server) -> list[str]:
+    """The 'request line, status, bytes' of gunicorn's access log lines for streams."""
+    messages = [r["message"] for r in server.log_records() if r["logger"] == "gunicorn.access"]
+    return re.findall(r'"POST /v1/chat/completions HTTP/1.1" 200 \d+', "\n".join(messages))
+
+
+def test_an_http_1_0_client_gets_the_stream_unframed_until_the_connection_closes(llmux):
+    payload = json.dumps({"model": "a", "stream": True, "messages": []}).encode()
+    sock = socket.create_connection(("127.0.0.1", llmux.port), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+    assert body.startswith(b"data: ") and body.rstrip().endswith(b"data: [DONE]")
 
 
 @pytest.mark.parametrize("fault", [{"abort_after": 3}, {"exit_after": 3}])

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from llmux.engine.switcher import ASLEEP, AWAKE, FAILED
+from llmux.engine.switcher import ASLEEP, AWAKE, DRAINING, FAILED
 from llmux.errors import ClientGone, ModelUnavailable, QueueTimeout
 
 from .fakes import FakeHooks
@@ -36,6 +36,9 @@ def draining_for_a_waiter_who_leaves(sw):
     leave = threading.Event()
     gone = spawn(sw.acquire, "b", timeout=10, cancelled=leave.is_set)
     wait_for(lambda: sw.status()["models"]["b"]["queued"] == 1)
+    # the switch for b may start a moment after b queued: until a drains, a request
+    # for a is admitted at once instead of queueing behind the drain
+    wait_for(lambda: sw.state("a") == DRAINING)
     return ticket, gone, leave
 
 
