@@ -13,6 +13,7 @@ reports the median over rounds of each round's percentile.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Settings:
     throughput_secs: float = 5.0
     # 2. streaming
     streams: tuple[int, ...] = (64, 256)
+    burst: int = 64  # streams opened all at once, as a burst of agent calls does
     chunks: int = 100
     gap_ms: float = 20.0
     # 3. scale
@@ -61,7 +63,7 @@ class Settings:
 FULL = Settings()
 SMOKE = Settings(
     rounds=1, service_ms=100, concurrency=(8,), jitters=(0.5,), wrk_rounds=1, wrk_secs=1.0,
-    throughput_secs=1.0, streams=(16,), chunks=10, scale_streams=50, scale_chunks=5,
+    throughput_secs=1.0, streams=(16,), burst=16, chunks=10, scale_streams=50, scale_chunks=5,
     scale_gap_ms=50.0, switches=4, wake_secs=0.05, sleep_secs=0.02, replay_secs=2.0, litellm=False,
     waiters=50, wait_window_secs=1.0, unit_suite="tests/unit/engine",
 )  # fmt: skip
@@ -212,10 +214,13 @@ def _cpu_secs(proc: psutil.Process) -> float:
 def streaming(h: Harness, settings: Settings, servers: dict[str, Server]) -> Result:
     result = Result(
         "Streaming",
-        ["streams", "path", "ok", "TTFB p50 ms", "added TTFB p50 ms", "chunk delay p50 ms",
-         "chunk delay p99 ms", "added p99 ms", "glued", "proxy CPU ms/1,000 chunks"],
+        ["streams", "path", "ok", "TTFB p50 ms", "added TTFB p50 ms", "added TTFB p99 ms",
+         "chunk delay p50 ms", "chunk delay p99 ms", "added p99 ms", "glued",
+         "proxy CPU ms/1,000 chunks"],
     )  # fmt: skip
-    for streams in settings.streams:
+    cases = [(n, 0.25, f"{n}") for n in settings.streams]
+    cases.append((settings.burst, 0.0, f"{settings.burst} at once"))
+    for streams, ramp_secs, label in cases:
         runs: dict[str, list] = {name: [] for name in servers}
         cpu: dict[str, list[float]] = {name: [] for name in servers}
         for _ in range(settings.rounds):
@@ -223,13 +228,14 @@ def streaming(h: Harness, settings: Settings, servers: dict[str, Server]) -> Res
                 proc = _cpu_process(server)
                 before = _cpu_secs(proc)
                 run = run_streams(server.port, streams, settings.chunks, settings.gap_ms,
-                                  deadline_secs=120, ramp_secs=0.25)  # fmt: skip
+                                  deadline_secs=120, ramp_secs=ramp_secs)  # fmt: skip
                 runs[name].append(run)
                 cpu[name].append(ms(_cpu_secs(proc) - before) / max(run.chunks, 1) * 1000)
-        _streaming_rows(result, settings, streams, runs, cpu)
+        _streaming_rows(result, settings, streams, label, runs, cpu)
     rate = max(settings.streams) * 1000 / settings.gap_ms
     result.notes.append(
-        f"Streams of {settings.chunks} chunks {settings.gap_ms:g} ms apart, opened over 0.25 s; "
+        f"Streams of {settings.chunks} chunks {settings.gap_ms:g} ms apart, opened over 0.25 s "
+        f"('{settings.burst} at once': all opened together, as a burst of agent calls does); "
         "a chunk's delay is its arrival (raw-socket client) minus the backend's send time carried "
         "in it. 'Added' is the difference to direct at the same percentile. 'Glued' counts chunks "
         "sent ≥ 10 ms after the previous one but read in the same recv(). The last column is the "
@@ -240,23 +246,31 @@ def streaming(h: Harness, settings: Settings, servers: dict[str, Server]) -> Res
     return result
 
 
-def _streaming_rows(result, settings, streams, runs, cpu) -> None:
+def _streaming_rows(result, settings, streams, label, runs, cpu) -> None:
     def summary(rs):
         return (
             median(pct(r.ttfb, 50) for r in rs),
+            median(pct(r.ttfb, 99) for r in rs),
             median(pct(r.chunk_latency, 50) for r in rs),
             median(pct(r.chunk_latency, 99) for r in rs),
         )
 
-    base_ttfb, _, base99 = summary(runs["direct"])
+    base_ttfb, base_ttfb99, _, base99 = summary(runs["direct"])
+    burst = label != str(streams)
     for name, rs in runs.items():
-        ttfb, lat50, lat99 = summary(rs)
+        ttfb, ttfb99, lat50, lat99 = summary(rs)
         ok, total = sum(r.completed for r in rs), streams * len(rs)
         glued = sum(r.glued for r in rs)
         result.rows.append(
-            [streams, name, f"{ok}/{total}", ms(ttfb), ms(ttfb - base_ttfb), ms(lat50), ms(lat99),
-             ms(lat99 - base99), f"{glued}/{sum(r.spaced for r in rs)}", median(cpu[name])]
+            [label, name, f"{ok}/{total}", ms(ttfb), ms(ttfb - base_ttfb), ms(ttfb99 - base_ttfb99),
+             ms(lat50), ms(lat99), ms(lat99 - base99), f"{glued}/{sum(r.spaced for r in rs)}",
+             median(cpu[name])]
         )  # fmt: skip
+        if burst:
+            if name == "llmux":
+                result.checks.append(Check(f"{label}: every stream completes", f"{ok}/{total}",
+                                           ok == total))  # fmt: skip
+            continue
         result.series.setdefault("cpu_per_1000_chunks", {})[(streams, name)] = median(cpu[name])
         result.series.setdefault("added_p99", {})[(streams, name)] = ms(lat99 - base99)
         if streams == max(settings.streams):
@@ -274,6 +288,22 @@ def _streaming_rows(result, settings, streams, runs, cpu) -> None:
                 Check(f"{streams} streams: no chunk sent ≥ 10 ms after the previous one "
                       "arrives glued to it", f"{glued} glued", glued == 0),
             ]  # fmt: skip
+    if burst:
+        return
+    # the data-plane targets, as ratios to the peers in this same run
+    added = result.series["added_p99"]
+    llmux_cpu = result.series["cpu_per_1000_chunks"][(streams, "llmux")]
+    if (streams, "floor") in added:
+        floor_cpu = result.series["cpu_per_1000_chunks"][(streams, "floor")]
+        ratio = llmux_cpu / floor_cpu if floor_cpu else math.inf
+        result.checks.append(Check(f"{streams} streams: CPU per 1,000 chunks ≤ 0.5× the floor's",
+                                   f"{ratio:.2f}×", ratio <= 0.5))  # fmt: skip
+    if (streams, "nginx") in added:
+        limit = 2 if streams <= 64 else 3
+        nginx = max(added[(streams, "nginx")], 0.01)  # ms; a floor for "no delay at all"
+        ratio = added[(streams, "llmux")] / nginx
+        result.checks.append(Check(f"{streams} streams: added p99 per chunk ≤ {limit}× nginx's",
+                                   f"{ratio:.1f}×", ratio <= limit))  # fmt: skip
 
 
 # --- 3. scale ---
