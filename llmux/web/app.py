@@ -313,6 +313,8 @@ class Gateway:
         for name, value in reply.headers:
             if not cors.is_cors_header(name):
                 response.headers.add(name, value)
+        if reply.length is not None:
+            response.headers["Content-Length"] = str(reply.length)
         if response.mimetype == "text/event-stream":
             response.headers["X-Accel-Buffering"] = "no"
         return response

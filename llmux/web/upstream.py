@@ -262,6 +262,22 @@ class Reply:
             yield chunk
 
     @property
+    def length(self) -> int | None:
+        """The body's ``Content-Length``, to pass on as it is, or None (chunked, read to
+        the close, or no body: HEAD, 1xx, 204, 304, where http.client counts 0).
+
+        A body with a length is relayed as is, so the client can get the same
+        header, and the WSGI server sends it without chunk framing. A body
+        that ends early is then cut short, as a chunked one is.
+        """
+        original = self._response.raw._fp
+        if original.chunked or original.length is None or original._method == "HEAD":
+            return None
+        if self.status in (204, 304) or self.status < 200:
+            return None
+        return original.length
+
+    @property
     def chunked(self) -> bool:
         """True when the backend frames the body in chunks (``Transfer-Encoding: chunked``)."""
         return bool(getattr(self._response.raw._fp, "chunked", False))

@@ -221,6 +221,36 @@ def test_a_stalled_stream_that_ends_with_the_connection_is_cut_at_the_idle_timeo
     assert finished(server, "raw")[-1]["outcome"] == "upstream_aborted"
 
 
+def test_an_answer_with_a_length_is_relayed_with_it_and_a_short_one_is_cut(
+    llmux_factory, raw_backend
+):
+    """A backend's Content-Length reaches the client (no chunk framing added); a body
+    that ends before it is cut for the client too, never padded or re-framed as whole."""
+    whole = b'{"ok": true}'
+
+    def respond(backend, conn):
+        body = whole[:5] if backend.requests > 1 else whole  # the second answer is short
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(whole)}\r\n\r\n".encode()
+            + body
+        )
+        conn.close()
+
+    backend = raw_backend(respond)
+    server = llmux_factory({"raw": raw_entry(backend.port), "a": model_entry(free_port())})
+    r = server.post(body={"model": "raw"})
+    assert r.status_code == 200 and r.content == whole
+    assert r.headers["Content-Length"] == str(len(whole))
+    assert "Transfer-Encoding" not in r.headers
+    r = server.post(body={"model": "raw"}, stream=True)
+    assert r.headers["Content-Length"] == str(len(whole))
+    with pytest.raises(Exception):  # noqa: B017 - a cut body, whatever the client calls it
+        r.content  # noqa: B018
+    wait_for(lambda: in_flight(server, "raw") == 0, timeout=5)
+    assert finished(server, "raw")[-1]["outcome"] == "upstream_aborted"
+
+
 # --- 4. a hook's background processes keep their output pipes ---
 
 
