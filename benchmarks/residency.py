@@ -1,11 +1,11 @@
-"""Cost-aware eviction (GDSF) against LRU, in simulation: seconds spent waking models.
+"""Cost-aware eviction against LRU, in simulation: seconds spent waking models.
 
 Usage::
 
     python -m benchmarks.residency [--quick]
 
 Runs ``llmux simulate``'s engine (the real switcher on simulated time) with a memory
-budget, once per policy (fifo, cost_aware) and eviction rule (gdsf, lru), on:
+budget, once per policy (fifo, cost_aware) and eviction rule (cost_aware, lru), on:
 
 - the issue's trace: four models with Zipf popularity (``zipf_bursty``, one hour,
   seeds 1-5, 0.2, 0.5 and 1.5 requests/s) and unequal wake costs, m0..m3 waking in
@@ -14,9 +14,11 @@ budget, once per policy (fifo, cost_aware) and eviction rule (gdsf, lru), on:
 - every shipped trace (``benchmarks/traces``, the generated agent and 8-model Zipf
   traces, and the Azure 2023 code+conversation trace when ``../shared/traces`` has
   it), with room for all models but one, wake costs rising with the model's rank
-  (2 s, then 60 s, then 10 s, 20 s, ... in turn).
+  (2 s, then 60 s, then 10 s, 20 s, ... in turn);
+- ``poisson-3models`` as a newcomer ran it: its own wake costs (1-3 s), models of
+  10, 12 and 6 GiB in 24 GiB, backends serving one request at a time, then eight.
 
-Prints, per case, the waking seconds of GDSF as a ratio to LRU's in the same runs
+Prints, per case, the waking seconds of cost-aware eviction as a ratio to LRU's in the same runs
 (total, and the worst single run), and the mean waits. ``--quick``: one seed, one
 rate (the ``bench`` tox env's smoke run).
 """
@@ -48,10 +50,24 @@ POLICIES = ("fifo", "cost_aware")
 CONCURRENCY = 8
 
 
-def run(trace: Trace, wake: dict[str, float], fit: int) -> dict[str, dict[str, list]]:
-    """Per policy and rule: the (waking seconds, mean wait) of one run of ``trace``."""
-    costs = Costs(wake, {m: 1.0 for m in wake}, {m: CONCURRENCY for m in wake})
-    budget = Budget(fit * SIZE, 0, {m: ModelMemory(SIZE) for m in trace.models})
+def run(
+    trace: Trace,
+    wake: dict[str, float],
+    fit: int,
+    *,
+    sizes: dict[str, int] | None = None,
+    sleep: dict[str, float] | None = None,
+    concurrency: int = CONCURRENCY,
+) -> dict[str, dict[str, list]]:
+    """Per policy and rule: the (waking seconds, mean wait) of one run of ``trace``;
+    ``sizes`` (default all :data:`SIZE`, with room for ``fit`` of them) and a budget of
+    ``fit`` bytes when given."""
+    sleep = sleep if sleep is not None else {m: 1.0 for m in wake}
+    costs = Costs(wake, sleep, {m: concurrency for m in wake})
+    if sizes is None:
+        budget = Budget(fit * SIZE, 0, {m: ModelMemory(SIZE) for m in trace.models})
+    else:
+        budget = Budget(fit, 0, {m: ModelMemory(sizes[m]) for m in trace.models})
     out: dict[str, dict[str, list]] = {}
     runs = compare(
         trace,
@@ -59,7 +75,7 @@ def run(trace: Trace, wake: dict[str, float], fit: int) -> dict[str, dict[str, l
         costs,
         settings=policy_settings(max_wait_secs=120.0),
         budget=budget,
-        evictions=("gdsf", "lru"),
+        evictions=("cost_aware", "lru"),
     )
     for _, summary in runs:
         policy, rule = summary.policy.split("/")
@@ -76,10 +92,10 @@ def merge(into: dict, part: dict) -> None:
 def row(label: str, results: dict) -> list[str]:
     cells = [label]
     for policy in POLICIES:
-        gdsf, lru = results[policy]["gdsf"], results[policy]["lru"]
-        total = sum(w for w, _ in gdsf) / max(sum(w for w, _ in lru), 1e-9)
-        worst = max(g[0] / max(l_[0], 1e-9) for g, l_ in zip(gdsf, lru, strict=True))
-        mean_g = sum(m or 0 for _, m in gdsf) / len(gdsf)
+        cost, lru = results[policy]["cost_aware"], results[policy]["lru"]
+        total = sum(w for w, _ in cost) / max(sum(w for w, _ in lru), 1e-9)
+        worst = max(g[0] / max(l_[0], 1e-9) for g, l_ in zip(cost, lru, strict=True))
+        mean_g = sum(m or 0 for _, m in cost) / len(cost)
         mean_l = sum(m or 0 for _, m in lru) / len(lru)
         cells += [f"{total:.2f}", f"{worst:.2f}", f"{mean_g:.1f} / {mean_l:.1f}"]
     return cells
@@ -116,7 +132,9 @@ def main() -> None:
     rates = (0.5,) if args.quick else (0.2, 0.5, 1.5)
     orders = [COSTS] if args.quick else sorted(set(itertools.permutations(COSTS)))[::6]
     head = ["case"] + [
-        f"{p} {what}" for p in POLICIES for what in ("GDSF/LRU waking", "worst run", "mean wait s")
+        f"{p} {what}"
+        for p in POLICIES
+        for what in ("cost-aware/LRU waking", "worst run", "mean wait s")
     ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -137,6 +155,15 @@ def main() -> None:
         fit = max(len(trace.models) - 1, 1)
         results = run(trace, costs_for(trace.models), fit)
         label = f"{name}, {len(trace.models)} models, room for {fit}"
+        print("| " + " | ".join(row(label, results)) + " |")
+    newcomer = load_trace(ROOT / "benchmarks" / "traces" / "poisson-3models.jsonl")
+    sizes = {"llama": 10 * GiB, "qwen": 12 * GiB, "mistral": 6 * GiB}
+    own = {m: c["wake_secs"] for m, c in newcomer.costs.items()}
+    own_sleep = {m: c.get("sleep_secs", 0.0) for m, c in newcomer.costs.items()}
+    for concurrency in (1,) if args.quick else (1, 8):
+        results = run(newcomer, own, 24 * GiB, sizes=sizes, sleep=own_sleep,
+                      concurrency=concurrency)  # fmt: skip
+        label = f"poisson-3models, own costs, 10/12/6 GiB in 24 GiB, concurrency {concurrency}"
         print("| " + " | ".join(row(label, results)) + " |")
     if not args.quick:
         print(f"\nAzure trace: {AZURE_ATTRIBUTION}")

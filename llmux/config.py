@@ -288,7 +288,7 @@ class MemoryConfig:
     probe: str | None = setting(None, optional(text))
     probe_timeout_secs: float = setting(10.0, seconds())
     # how to choose the models put to sleep to make room: cost-aware, or least recently used
-    eviction: str = setting("gdsf", one_of("gdsf", "lru"))
+    eviction: str = setting("cost_aware", one_of("cost_aware", "lru"))
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,6 @@ class Procedures:
             m.came_from = source
             self._up[target] = None
             self.wake_costs.observe(None, target, phases["wake"])
-            self._hit(target, 1)  # a wake is the first use of its stay (GDSF)
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
 
@@ -583,7 +582,6 @@ class Procedures:
         self._set_state(m, ASLEEP)
         m.holds_asleep = slept
         self._up.pop(m.name, None)
-        self.gdsf.forget(m.name)
         if m.awake_since is not None:
             self._emit(ev.ModelDeactivated(m.name, self.clock() - m.awake_since))
         m.awake_since = None

@@ -5,12 +5,12 @@ Usage::
     budget = Budget.single(["llama", "qwen"])        # no ``memory`` block: one model awake
     budget = Budget(80 * GiB, 1 * GiB, {"chat": ModelMemory(40 * GiB), ...})
     room = plan(budget, "coder", up=["chat", "embed"], busy={"chat"},
-                size=budget.declared, order=lambda m: scores[m])
+                size=budget.declared, order=lambda m: scores[m], weight=scores.get)
     room.victims, room.fits                          # ("embed",), True
 
-Pure functions and one small stateful score keeper (:class:`Gdsf`); the switcher
-holds them under its lock. The fit check (docs/residency.md; a declared footprint
-per model and a budget, as llama-swap#1004 and llama.cpp PR #21231 ask) is::
+Pure functions; the switcher calls them under its lock. The fit check (docs/residency.md;
+a declared footprint per model and a budget, as llama-swap#1004 and llama.cpp PR #21231
+ask) is::
 
     sum(size(m) for m awake after the wake) + sum(asleep(m) for every other model)
         + headroom <= budget
@@ -26,7 +26,15 @@ import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Budget", "Gdsf", "MeasuredSizes", "ModelMemory", "Room", "looks_like_oom", "plan"]
+__all__ = [
+    "Budget",
+    "MeasuredSizes",
+    "ModelMemory",
+    "Room",
+    "eviction_score",
+    "looks_like_oom",
+    "plan",
+]
 
 # What a failed wake hook's output (the tail of stderr, then stdout) must contain, in any
 # case, to be taken for an out-of-memory: PyTorch's and CUDA's messages, vLLM's KV-cache
@@ -38,6 +46,8 @@ OOM_PATTERNS = (
     "cudaerrormemoryallocation",
 )
 OVER_DECLARED = 1.10  # a model measured past its declared size by more is reported
+SLOW_WAKE_SECS = 12.0  # eviction_score: wakes much longer than this are kept through quiet spells
+EXACT_MAX = 8  # plan(weight=...): the cheapest set among at most this many candidates (255 sets)
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,13 @@ class ModelMemory:
 @dataclass(frozen=True)
 class Budget:
     """What the models may use together (bytes), ``headroom`` kept free, and each
-    model's :class:`ModelMemory`. ``eviction``: ``"gdsf"`` (cost-aware) or ``"lru"``."""
+    model's :class:`ModelMemory`. ``eviction``: ``"cost_aware"`` (:func:`eviction_score`)
+    or ``"lru"``."""
 
     budget: int
     headroom: int
     models: Mapping[str, ModelMemory]
-    eviction: str = "gdsf"
+    eviction: str = "cost_aware"
     single: bool = field(default=False, compare=False)
 
     @classmethod
@@ -129,6 +140,7 @@ def plan(
     busy: Collection[str] = (),
     size: Callable[[str], int] | None = None,
     order: Callable[[str], object] | None = None,
+    weight: Callable[[str], float] | None = None,
 ) -> Room:
     """The models of ``up`` (awake or being drained) to put to sleep so that ``target``
     fits, or ``()`` when it fits beside them.
@@ -137,8 +149,12 @@ def plan(
     are the unpinned models of ``up``, idle ones (not in ``busy``) first, each group
     in ascending ``order`` (the eviction score; default: name); chosen greedily
     until the target fits, then any chosen one that turns out unneeded is kept
-    awake again (last chosen first). ``size(m)``: the bytes m holds awake (default
-    the declared ``memory``; the switcher passes the larger of declared and measured).
+    awake again (last chosen first). With ``weight`` (what putting a model to sleep
+    is expected to cost), the set is chosen exactly instead: of the sets that make
+    room, one with the fewest busy models, then the smallest sum of weights (up to
+    :data:`EXACT_MAX` candidates; greedily beyond). ``size(m)``: the bytes m holds
+    awake (default the declared ``memory``; the switcher passes the larger of
+    declared and measured).
     """
     size = size or budget.declared
     order = order or (lambda m: m)
@@ -151,11 +167,15 @@ def plan(
     if any(budget.pinned(m) for m in forced):
         return Room(tuple(forced), False, max(-free, 0))
     free += sum(freed[m] for m in forced)
-    chosen: list[str] = []
     candidates = sorted(
         (m for m in up if m not in forced and not budget.pinned(m)),
         key=lambda m: (m in busy, order(m)),
     )
+    if weight is not None and free < 0 and len(candidates) <= EXACT_MAX:
+        cheapest = _cheapest(candidates, freed, -free, busy, weight)
+        if cheapest is not None:
+            return Room(tuple(forced) + cheapest, True)
+    chosen: list[str] = []
     for m in candidates:
         if free >= 0:
             break
@@ -170,44 +190,59 @@ def plan(
     return Room(tuple(forced + chosen), True)
 
 
-class Gdsf:
-    """GreedyDual-Size-Frequency eviction scores (Cherkasova, "Improving WWW Proxies
-    Performance with Greedy-Dual-Size-Frequency Caching Policy", HP Labs HPL-98-69,
-    1998) with the frequency damped: ``H(m) = L + (1 + ln freq(m)) * cost(m) / size(m)``,
-    recomputed on every hit, with ``L`` the clock: the ``H`` of the last model evicted.
-    The lowest ``H`` goes first; ties go to the least recently used. ``cost``: seconds
-    to wake m again (the measured wake); ``size``: bytes it holds awake. Not
-    thread-safe: the switcher's lock.
+def _cheapest(
+    candidates: list[str],
+    freed: Mapping[str, int],
+    need: int,
+    busy: Collection[str],
+    weight: Callable[[str], float],
+) -> tuple[str, ...] | None:
+    """Of the subsets of ``candidates`` freeing at least ``need`` bytes, the one with the
+    fewest busy models, then the smallest sum of ``weight``, then the fewest models
+    (earliest in ``candidates`` on a tie), in ``candidates``' order; None if none does."""
+    weights = [weight(m) for m in candidates]
+    best, best_key = None, None
+    for mask in range(1, 1 << len(candidates)):
+        picked = [i for i in range(len(candidates)) if mask >> i & 1]
+        if sum(freed[candidates[i]] for i in picked) < need:
+            continue
+        key = (
+            sum(candidates[i] in busy for i in picked),
+            sum(weights[i] for i in picked),
+            len(picked),
+            picked,
+        )
+        if best_key is None or key < best_key:
+            best, best_key = picked, key
+    return None if best is None else tuple(candidates[i] for i in best)
 
-    Why damped: with the linear ``freq`` of the paper, a model that served a long burst
-    stays ahead of every other until the clock catches up, long after the burst. In
-    ``llmux simulate`` over bursty four-model Zipf traces with room for three models,
-    the linear form spent up to 1.22x LRU's waking time on single runs, the damped one
-    at most 0.99x (``benchmarks/residency.py``; docs/residency.md)."""
 
-    def __init__(self) -> None:
-        self.clock = 0.0
-        self._freq: dict[str, int] = {}
-        self._h: dict[str, float] = {}
+def eviction_score(cost: float, idle: float) -> float:
+    """What putting a model to sleep is expected to cost, in waking seconds per second:
+    ``cost / idle + (cost / SLOW_WAKE_SECS) ** 2``, with ``cost`` the seconds its wake
+    takes (measured) and ``idle`` the seconds since its last request ended (or it
+    woke). The lowest goes first.
 
-    def hit(self, model: str, cost: float, size: int, count: int = 1) -> None:
-        """``count`` requests for ``model`` were served while it was awake (a wake counts one)."""
-        freq = self._freq.get(model, 0) + count
-        self._freq[model] = freq
-        self._h[model] = self.clock + (1.0 + math.log(freq)) * cost / max(size, 1)
-
-    def score(self, model: str) -> float:
-        return self._h.get(model, self.clock)
-
-    def evicted(self, model: str) -> None:
-        """``model`` was put to sleep to make room: the clock moves up to its score."""
-        self.clock = max(self.clock, self._h.pop(model, self.clock))
-        self._freq.pop(model, None)
-
-    def forget(self, model: str) -> None:
-        """``model`` went to sleep for another reason (idle, admin): no clock move."""
-        self._h.pop(model, None)
-        self._freq.pop(model, None)
+    The first term is the profit of LNC-R (Scheuermann, Shim and Vingralek, "A case
+    for delay-conscious caching of Web documents", WWW6 / Computer Networks 29, 1997;
+    and WATCHMAN, VLDB 1996), rate x cost / size, with the rate estimated from the
+    last reference alone (their K = 1: ``1 / idle``, LRU's guess that a model idle for
+    t seconds is next asked for in about t seconds) and no size: a model's bytes only
+    matter for whether the target fits, which :func:`plan` settles by choosing the
+    cheapest set. Among models that wake in a few seconds it decides as LRU does unless
+    their wake costs differ by a larger factor than their idle times. The second term,
+    a floor rate of ``cost / SLOW_WAKE_SECS**2`` that idle time does not wear down, is
+    empirical: it keeps a model whose wake is long awake through quiet spells, as
+    GreedyDual's clock does (Cao and Irani, "Cost-aware WWW proxy caching algorithms",
+    USITS 1997), and stays below the first term while ``idle < SLOW_WAKE_SECS**2 /
+    cost`` (48 s for a 3 s wake, 2.4 s for a 60 s one). In ``llmux simulate``
+    (``benchmarks/residency.py``; docs/residency.md) the floor took bursty four-model
+    Zipf traces with room for three from 14-22 % less waking than LRU (first term
+    alone) to 22-29 % less, while the newcomer's three models waking in 1-3 s
+    (``poisson-3models``) keep LRU's decisions; GreedyDual-Size-Frequency, the rule
+    before, spent up to 2.3x LRU's waking time there, putting the small, cheap model to
+    sleep (per byte) and weighing recency by its eviction clock."""
+    return cost / max(idle, 1e-3) + (cost / SLOW_WAKE_SECS) ** 2
 
 
 def looks_like_oom(text: str) -> bool:
@@ -327,9 +362,28 @@ def format_bytes(count: float) -> str:
 
 
 def order_key(
-    eviction: str, gdsf: Gdsf, last_used: Mapping[str, float]
+    eviction: str,
+    last_used: Mapping[str, float],
+    cost: Callable[[str], float],
+    now: float,
 ) -> Callable[[str], tuple[float, float]]:
-    """The ``order`` for :func:`plan`: GDSF score then least recent use, or LRU alone."""
+    """The ``order`` for :func:`plan`: :func:`eviction_score` then least recent use, or
+    LRU alone. ``cost(m)``: the seconds m's wake takes."""
     if eviction == "lru":
         return lambda m: (last_used.get(m, 0.0), 0.0)
-    return lambda m: (gdsf.score(m), last_used.get(m, 0.0))
+    return lambda m: (
+        eviction_score(cost(m), now - last_used.get(m, 0.0)),
+        last_used.get(m, 0.0),
+    )
+
+
+def weight_key(
+    eviction: str,
+    last_used: Mapping[str, float],
+    cost: Callable[[str], float],
+    now: float,
+) -> Callable[[str], float] | None:
+    """The ``weight`` for :func:`plan`: :func:`eviction_score`; None under LRU (greedy)."""
+    if eviction == "lru":
+        return None
+    return lambda m: eviction_score(cost(m), now - last_used.get(m, 0.0))

@@ -40,7 +40,7 @@ from ..errors import ModelUnavailable
 from . import events as ev
 from .effects import Call, Pause, Procedure
 from .policy import Snapshot
-from .residency import OVER_DECLARED, Room, format_bytes, order_key, plan
+from .residency import OVER_DECLARED, Room, format_bytes, order_key, plan, weight_key
 from .states import AWAKE, DRAINING, FAILED, SLEEPING
 from .waiters import QueuesView, QueueWeights
 
@@ -80,11 +80,15 @@ class Residents:
         models = self._models
         busy = {n for n in self._up if models[n].in_flight or models[n].waiters}
         last_used = {n: models[n].last_used for n in self._up}
-        order = order_key(self.budget.eviction, self.gdsf, last_used)
-        room = plan(self.budget, target, self._up, busy=busy, size=self._size, order=order)
+        rule, now = self.budget.eviction, self.clock()
+        order = order_key(rule, last_used, self._wake_cost, now)
+        weight = weight_key(rule, last_used, self._wake_cost, now)
+        room = plan(
+            self.budget, target, self._up, busy=busy, size=self._size, order=order, weight=weight
+        )
         if room.fits or self.budget.single:
             return room
-        declared = plan(self.budget, target, self._up, busy=busy, order=order)
+        declared = plan(self.budget, target, self._up, busy=busy, order=order, weight=weight)
         return Room(room.victims, True) if declared.fits else room
 
     def _lead_of(self, victims: Sequence[str]) -> str | None:
@@ -189,11 +193,6 @@ class Residents:
             cost = getattr(self.policy, "wake_estimates", {}).get(model)
         return 1.0 if cost is None else cost
 
-    def _hit(self, name: str, count: int) -> None:
-        """``count`` requests for the awake ``name`` were admitted: its score grows."""
-        if not self.budget.single:
-            self.gdsf.hit(name, self._wake_cost(name), self._size(name), count)
-
     # --- measuring, with a probe (procedure steps: the lock is not held between them) ---
 
     def _probe(self) -> Procedure:
@@ -261,7 +260,6 @@ class Residents:
         """``victim`` was put to sleep to make room for ``target`` (lock held)."""
         if reason is None:
             reason = "exclusive" if self.budget.exclusive(victim, target) else "room"
-        self.gdsf.evicted(victim)
         self.evictions.append(
             {"model": victim, "for": target, "reason": reason, "at": self.clock()}
         )
@@ -293,7 +291,8 @@ class Residents:
                 )
                 return None, None
             last_used = {n: self._models[n].last_used for n in idle}
-            victim = min(idle, key=order_key(self.budget.eviction, self.gdsf, last_used))
+            order = order_key(self.budget.eviction, last_used, self._wake_cost, self.clock())
+            victim = min(idle, key=order)
             m = self._models[victim]
             self._set_state(m, DRAINING)
             self._set_state(m, SLEEPING)

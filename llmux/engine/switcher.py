@@ -72,7 +72,7 @@ from .policy import (
 )
 from .procedures import Procedures
 from .reports import Reports
-from .residency import Budget, Gdsf, MeasuredSizes
+from .residency import Budget, MeasuredSizes
 from .residents import EVICTIONS_KEPT, Residents
 from .states import ASLEEP, AWAKE, DRAINING, FAILED, SLEEPING, WAKING, ModelState, transition
 from .timer import Deadlines
@@ -212,7 +212,6 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
         idle_sleep = idle_sleep or {}
         self._models = {name: _Model(name, idle_sleep_secs=idle_sleep.get(name)) for name in models}
         self.budget = budget or Budget.one_at_a_time(self._models)
-        self.gdsf = Gdsf()  # eviction scores, under a budget
         self.measured = MeasuredSizes()  # what wakes were measured to take, with a probe
         self._memory_used: int | None = None  # the probe's last reading (bytes)
         self.evictions: deque[dict] = deque(maxlen=EVICTIONS_KEPT)
@@ -397,8 +396,6 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
 
     def _add_in_flight(self, m: _Model, delta: int) -> None:
         m.in_flight += delta
-        if delta > 0:
-            self._hit(m.name, delta)
         self._emit(ev.InFlightChanged(m.name, m.in_flight))
         if m.in_flight == 0:
             m.last_used = self.clock()

@@ -5,7 +5,7 @@ Usage::
     llmux simulate TRACE... [-c llmux.yaml] [--switch-secs 10 | --wake-secs a=30,b=5
         | --costs-from http://127.0.0.1:3000] [--concurrency 16] [--window 1200]
         [--sample 0.25 --seed 1] [--policies fifo,cost_aware,time_slice,collate]
-        [--memory-budget 80GiB --memory a=40GiB,b=30GiB --evictions gdsf,lru]
+        [--memory-budget 80GiB --memory a=40GiB,b=30GiB --evictions cost_aware,lru]
         [--plot waits.png] [--json]
 
 Reads the trace (Azure CSV, a CSV or JSON lines; see :mod:`llmux.sim.traces`),
@@ -34,7 +34,7 @@ from .report import plot, table
 from .traces import AZURE_ATTRIBUTION, Trace, TraceError, load_trace
 
 MAX_SECS = 1e6  # a switch longer than 11 days is a typo, not a cost
-EVICTIONS = ("gdsf", "lru")
+EVICTIONS = ("cost_aware", "lru")
 
 
 def _per_model(text: str | None, option: str) -> dict[str, float]:
@@ -174,8 +174,8 @@ def _costs(trace: Trace, config, opts) -> Costs:
 @click.option(
     "--evictions",
     metavar="RULES",
-    help="with a memory budget, run each policy once per eviction rule: gdsf, lru "
-    "(default: gdsf,lru)",
+    help="with a memory budget, run each policy once per eviction rule: cost_aware, lru "
+    "(default: cost_aware,lru)",
 )
 @click.option("--plot", "plot_path", metavar="PNG", help="write a plot (needs matplotlib)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON, one object per policy")
@@ -216,7 +216,7 @@ def simulate(
     budget = _budget(trace, config, memory_budget, memory_sizes)
     if evictions and budget is None:
         raise click.UsageError("--evictions needs a memory budget: --memory-budget, or -c a config")
-    rules = [r.strip() for r in (evictions or "gdsf,lru").split(",") if r.strip()]
+    rules = [r.strip() for r in (evictions or "cost_aware,lru").split(",") if r.strip()]
     if any(r not in EVICTIONS for r in rules) or not rules:
         expected = f"expected some of {', '.join(EVICTIONS)}"
         raise click.BadParameter(expected, param_hint="--evictions")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from llmux.config import ConfigError, parse_config
 from llmux.engine.residency import (
     Budget,
-    Gdsf,
     MeasuredSizes,
     ModelMemory,
+    eviction_score,
     looks_like_oom,
     never_fits,
     parse_size,
@@ -93,19 +91,29 @@ def test_configs_that_could_never_wake_a_model_are_refused():
     assert "exclusive_with pinned" in never_fits(b)["b"]
 
 
-def test_gdsf_keeps_what_is_dear_to_bring_back_and_ages_by_its_clock():
-    g = Gdsf()
-    g.hit("cheap", cost=20.0, size=40)
-    g.hit("dear", cost=60.0, size=40)
-    assert g.score("cheap") < g.score("dear")
-    for _ in range(40):  # heavy use makes a cheaper model worth keeping, damped (1 + ln 41)
-        g.hit("cheap", cost=20.0, size=40)
-    assert g.score("cheap") == pytest.approx((1 + math.log(41)) * 20 / 40)
-    assert g.score("cheap") > g.score("dear")
-    g.evicted("dear")
-    assert g.clock == pytest.approx(60.0 / 40)
-    g.hit("new", cost=1.0, size=40)
-    assert g.score("new") > g.clock  # a newcomer starts from the clock
+def test_the_eviction_score_weighs_wake_cost_by_recency_with_a_floor_for_slow_wakes():
+    # among quick wakes, recency decides unless costs differ more than idle times
+    assert eviction_score(3.0, idle=4.0) < eviction_score(1.0, idle=0.5)
+    assert eviction_score(3.0, idle=2.0) > eviction_score(1.0, idle=1.0)
+    # a slow wake keeps a floor that idle time does not wear down: (60 / 12) ** 2
+    assert eviction_score(60.0, idle=3600.0) == pytest.approx(60 / 3600 + 25.0)
+    assert eviction_score(60.0, idle=3600.0) > eviction_score(2.0, idle=0.1)
+    assert eviction_score(2.0, idle=0.0) > 1e3  # just used: not a candidate before others
+
+
+def test_with_weights_the_cheapest_set_that_makes_room_is_chosen():
+    b = budget(a=20, b=20, c=40, d=40)
+    weights = {"a": 1.0, "b": 1.5, "c": 2.0}
+    # d needs 40: a and b together (2.5) or c alone (2.0); greedy by weight would take a, b
+    room = plan(b, "d", ["a", "b", "c"], order=weights.get, weight=weights.get)
+    assert room.victims == ("c",) and room.fits
+    assert plan(b, "d", ["a", "b", "c"], order=weights.get).victims == ("a", "b")
+    # a busy model only when no set of idle ones makes room
+    room = plan(b, "d", ["a", "b", "c"], busy={"c"}, order=weights.get, weight=weights.get)
+    assert room.victims == ("a", "b")
+    # nothing makes room: every candidate, as without weights
+    room = plan(budget(total=50, a=20, d=60), "d", ["a"], weight=weights.get)
+    assert not room.fits and room.victims == ("a",)
 
 
 def test_measured_sizes_keep_a_high_percentile_of_recent_wakes():

@@ -18,7 +18,7 @@ from tests.support.engine import Harness, run_dry, storm
 GiB = 1024**3
 
 
-def budget(total=80, headroom=0, eviction="gdsf", **models) -> Budget:
+def budget(total=80, headroom=0, eviction="cost_aware", **models) -> Budget:
     specs = {}
     for name, spec in models.items():
         if isinstance(spec, int):
@@ -99,10 +99,10 @@ def test_only_busy_models_left_the_request_waits_for_one_to_drain():
     h.release(held_b if victim == "a" else held_a)
 
 
-@pytest.mark.parametrize("eviction, evicted", [("gdsf", "cheap"), ("lru", "costly")])
+@pytest.mark.parametrize("eviction, evicted", [("cost_aware", "cheap"), ("lru", "costly")])
 def test_cost_aware_eviction_keeps_the_model_that_is_dear_to_wake(eviction, evicted):
     """Both idle and the same size; the costly one (60 s to wake) was used less
-    recently. GDSF puts the cheap one (2 s) to sleep; LRU the costly one."""
+    recently. cost-aware eviction puts the cheap one (2 s) to sleep; LRU the costly one."""
     h = harness(budget(eviction=eviction, costly=40, cheap=40, new=40))
     wake(h, "costly", secs=60.0)
     wake(h, "cheap", secs=2.0)
