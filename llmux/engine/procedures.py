@@ -128,9 +128,11 @@ class Procedures:
             self._running = dataclasses.replace(self._running, wake_started=t0, stop=stop)
             self._check_wake_wanted()  # a preload may have nobody waiting from the start
         failure = yield from self._wake(target, stop)
+        retried = False
         if failure not in (None, ABORTED) and looks_like_oom(failure):
             evicted, used = yield from self._retry_after_oom(target)
             if evicted is not None:
+                retried = True
                 with self._locked:
                     self._emit(ev.WakeRetried(target, evicted, failure))
                 before = used
@@ -159,6 +161,8 @@ class Procedures:
             m.came_from = source
             self._up[target] = None
             self.wake_costs.observe(None, target, phases["wake"])
+            if m.holds_asleep and not retried:  # not a cold start: what an eviction costs
+                self.rewake_costs.observe(None, target, phases["wake"])
             self._admit_all(m)
             self._finish_switch(source, target, started, ok=True, phases=phases)
 

@@ -8,7 +8,8 @@ Usage::
                 size=budget.declared, order=lambda m: scores[m], weight=scores.get)
     room.victims, room.fits                          # ("embed",), True
 
-Pure functions; the switcher calls them under its lock. The fit check (docs/residency.md;
+Pure functions, and :class:`MeasuredSizes` (per-model state); the switcher calls them
+under its lock. The fit check (docs/residency.md;
 a declared footprint per model and a budget, as llama-swap#1004 and llama.cpp PR #21231
 ask) is::
 
@@ -150,9 +151,10 @@ def plan(
     in ascending ``order`` (the eviction score; default: name); chosen greedily
     until the target fits, then any chosen one that turns out unneeded is kept
     awake again (last chosen first). With ``weight`` (what putting a model to sleep
-    is expected to cost), the set is chosen exactly instead: of the sets that make
-    room, one with the fewest busy models, then the smallest sum of weights (up to
-    :data:`EXACT_MAX` candidates; greedily beyond). ``size(m)``: the bytes m holds
+    is expected to cost, >= 0: :func:`eviction_score`'s waking seconds per second),
+    the set is chosen exactly instead: of the sets that make room, one with the
+    fewest busy models, then the smallest sum of weights (up to :data:`EXACT_MAX`
+    candidates; greedily beyond). ``size(m)``: the bytes m holds
     awake (default the declared ``memory``; the switcher passes the larger of
     declared and measured).
     """
@@ -368,7 +370,14 @@ def order_key(
     now: float,
 ) -> Callable[[str], tuple[float, float]]:
     """The ``order`` for :func:`plan`: :func:`eviction_score` then least recent use, or
-    LRU alone. ``cost(m)``: the seconds m's wake takes."""
+    LRU alone. ``cost(m)``: the seconds m's wake takes; ``now`` and ``last_used`` (when
+    each model's last request ended, or it woke) in seconds of the switcher's clock.
+
+    A model serving requests now still counts the time since its last request ended,
+    as LRU does: :func:`plan` takes busy models only when no idle ones make room, and
+    among busy ones, scoring them as just used (idle 0) put the cheapest to sleep
+    again and again (1.8x LRU's waking time on ``poisson-3models`` in
+    ``benchmarks/residency.py``)."""
     if eviction == "lru":
         return lambda m: (last_used.get(m, 0.0), 0.0)
     return lambda m: (
@@ -383,7 +392,8 @@ def weight_key(
     cost: Callable[[str], float],
     now: float,
 ) -> Callable[[str], float] | None:
-    """The ``weight`` for :func:`plan`: :func:`eviction_score`; None under LRU (greedy)."""
+    """The ``weight`` for :func:`plan`: :func:`eviction_score` (waking seconds per second);
+    None under LRU (greedy). Arguments as for :func:`order_key`."""
     if eviction == "lru":
         return None
     return lambda m: eviction_score(cost(m), now - last_used.get(m, 0.0))

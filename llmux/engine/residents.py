@@ -68,8 +68,10 @@ class Residents:
             return int(declared * self.measured.ratio(self.budget.declared))
         return max(declared, measured)
 
-    def _room(self, target: str) -> Room:
+    def _room(self, target: str, exact: bool = True) -> Room:
         """What to put to sleep for ``target`` to fit, given the models up now (lock held).
+        ``exact=False``: the greedy choice only (the same ``fits``, and no victims
+        exactly when none are needed; cheaper than trying every set).
 
         Sizes are :meth:`_size`'s. When by those ``target`` could not fit even with every
         candidate asleep, but by declared sizes it could, it may still be tried with
@@ -79,10 +81,10 @@ class Residents:
         """
         models = self._models
         busy = {n for n in self._up if models[n].in_flight or models[n].waiters}
-        last_used = {n: models[n].last_used for n in self._up}
         rule, now = self.budget.eviction, self.clock()
+        last_used = {n: models[n].last_used for n in self._up}
         order = order_key(rule, last_used, self._wake_cost, now)
-        weight = weight_key(rule, last_used, self._wake_cost, now)
+        weight = weight_key(rule, last_used, self._wake_cost, now) if exact else None
         room = plan(
             self.budget, target, self._up, busy=busy, size=self._size, order=order, weight=weight
         )
@@ -133,7 +135,7 @@ class Residents:
         its turn in arrival order like any model that needs room."""
         if self._models[model].state == FAILED:
             return False
-        room = self._room(model)
+        room = self._room(model, exact=False)
         return room.fits and not room.victims
 
     def _view_for(self, snap: Snapshot, model: str) -> Snapshot:
@@ -172,7 +174,7 @@ class Residents:
         out = []
         for m in self._models.values():
             if m.waiters and m.name not in self._up:
-                room = self._room(m.name)
+                room = self._room(m.name, exact=False)
                 if not room.fits:
                     out.append((m.name, room))
         return out
@@ -186,11 +188,19 @@ class Residents:
         self._fail_waiters(m, error, "failed")
 
     def _wake_cost(self, model: str) -> float:
-        """Seconds to wake ``model`` again, for its eviction score: its measured wakes,
-        else its ``wake_estimate_secs``, else 1."""
-        cost = self.wake_costs.get(None, model)
+        """Seconds to wake ``model`` again after putting it to sleep, for its eviction
+        score: the average of its wakes from llmux's own sleep (no out-of-memory retry),
+        else its ``wake_estimate_secs``, else the average of all its wakes, else 1.
+
+        Why in that order: a first wake may be a cold start (a vLLM server loading its
+        weights: minutes, where a wake from sleep mode takes seconds), and a cost that
+        large would keep the model awake through every eviction, so that it never
+        shows what waking it from sleep really costs."""
+        cost = self.rewake_costs.get(None, model)
         if cost is None:
             cost = getattr(self.policy, "wake_estimates", {}).get(model)
+        if cost is None:
+            cost = self.wake_costs.get(None, model)
         return 1.0 if cost is None else cost
 
     # --- measuring, with a probe (procedure steps: the lock is not held between them) ---

@@ -197,6 +197,8 @@ class Switcher(Procedures, Residents, Deadlines, Reports, EventDelivery):
         self.costs = costs or SwitchCosts()
         self.service = ServiceTimes()
         self.wake_costs = SwitchCosts()  # the wake phase alone, per model, from "idle"
+        # wakes from llmux's own sleep, no out-of-memory retry: what an eviction costs
+        self.rewake_costs = SwitchCosts()
         self.arrivals = ArrivalRates()
         self.clock = clock
         self.runner = runner or ThreadRunner(self._perform)

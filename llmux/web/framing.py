@@ -21,12 +21,16 @@ which gunicorn never sends either, are dropped.
 
 from __future__ import annotations
 
-__all__ = ["MAX_LINE", "ChunkScanner"]
+__all__ = ["MAX_LINE", "MAX_SIZE_DIGITS", "ChunkScanner"]
 
-# The longest chunk-size line (with extensions) or trailer line accepted: far
-# above what servers send (http.client allows 65536 per line too).
-MAX_LINE = 65536
+# The longest chunk-size line (with extensions) or trailer line accepted: far above
+# what servers send, and small beside the 64 KiB reads, so a write to the client
+# stays near 64 KiB (llmux.web.inbound.prepare_client_socket's deadline is per write).
+MAX_LINE = 4096
+# More hex digits than a 64-bit size needs are refused, as h11 (httpx's parser) does.
+MAX_SIZE_DIGITS = 16
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_CRLF = b"\r\n"
 
 
 class ChunkScanner:
@@ -37,9 +41,13 @@ class ChunkScanner:
     chunk-size line held back from an earlier read) and how many payload bytes
     they carry. ``done`` turns true once the whole body, trailer included, was
     fed; ``extra`` is true if bytes followed it (the connection is then not
-    reusable). Raises ``ValueError`` on a chunk-size line that is not hex, or
-    a line longer than :data:`MAX_LINE`. Chunk data is passed on as it arrives,
-    not held until its chunk is complete: a cut body reaches the client as a cut.
+    reusable). Raises ``ValueError`` on a chunk-size line that is not hex (or
+    longer than :data:`MAX_SIZE_DIGITS` digits), a line that does not end in CRLF
+    or is longer than :data:`MAX_LINE`, or chunk data not followed by CRLF: what
+    passes on must be framing any client parses, and http.client, which llmux
+    used to decode with, let such bytes by. Chunk data is passed on as it
+    arrives, not held until its chunk is complete: a cut body reaches the client
+    as a cut.
     """
 
     __slots__ = ("done", "extra", "_left", "_line", "_trailer")
@@ -59,6 +67,7 @@ class ChunkScanner:
         left = self._left
         n = len(data)
         if left >= n:  # the common case: the middle of a chunk
+            _check_crlf(data, 0, n, left)
             self._left = left - n
             return data, _payload(n, left)
         # what passes is always one run of the stream: a line held back from the
@@ -71,6 +80,7 @@ class ChunkScanner:
             if left:
                 take = min(left, n - i)
                 payload += _payload(take, left)
+                _check_crlf(data, i, take, left)
                 left -= take
                 i += take
                 out_end = i
@@ -88,8 +98,10 @@ class ChunkScanner:
             i = j + 1
             if len(line) > MAX_LINE:
                 raise ValueError("a chunk-size or trailer line is too long")
+            if not line.endswith(_CRLF):
+                raise ValueError(f"a line does not end in CRLF: {line[:40]!r}")
             if self._trailer:
-                if line in (b"\r\n", b"\n"):
+                if line == _CRLF:
                     self.done = True
                     self.extra = i < n
                     break
@@ -113,9 +125,19 @@ def _payload(take: int, left: int) -> int:
     return max(0, min(take, left - 2))
 
 
+def _check_crlf(data: bytes, i: int, take: int, left: int) -> None:
+    """Raise ValueError unless the bytes of ``data[i:i+take]`` that end a chunk (its
+    last two, when ``left`` counted data + CRLF) are the CRLF they must be."""
+    in_crlf = take - max(left - 2, 0)  # how many of these bytes are the CRLF's
+    if in_crlf > 0:
+        done = 2 - min(left, 2)  # CRLF bytes passed in earlier reads
+        if data[i + take - in_crlf : i + take] != _CRLF[done : done + in_crlf]:
+            raise ValueError("chunk data is not followed by CRLF")
+
+
 def _chunk_size(line: bytes) -> int:
     """The size in a ``chunk-size [ chunk-ext ] CRLF`` line (RFC 9112 §7.1.1)."""
     digits = line.split(b";", 1)[0].strip(b" \t\r\n")
-    if not digits or not _HEX.issuperset(digits):
+    if not digits or not _HEX.issuperset(digits) or len(digits) > MAX_SIZE_DIGITS:
         raise ValueError(f"not a chunk-size line: {line[:40]!r}")
     return int(digits, 16)

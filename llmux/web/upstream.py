@@ -273,6 +273,8 @@ class Reply:
         original = self._response.raw._fp
         if original.chunked or original.length is None or original._method == "HEAD":
             return None
+        if "transfer-encoding" in self._response.raw.headers:
+            return None  # RFC 9112 §6.3: it overrides a length; http.client knows "chunked" only
         if self.status in (204, 304) or self.status < 200:
             return None
         return original.length

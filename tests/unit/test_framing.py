@@ -72,10 +72,28 @@ def test_bytes_after_the_end_are_noticed():
     assert scanner.done and scanner.extra
 
 
-@pytest.mark.parametrize("line", [b"zz\r\n", b"\r\n", b"-1\r\n", b"0x10\r\n"])
+@pytest.mark.parametrize(
+    "line", [b"zz\r\n", b"\r\n", b"-1\r\n", b"0x10\r\n", b"+5\r\n", b"0" * 17 + b"5\r\n"]
+)
 def test_a_size_line_that_is_not_hex_is_refused(line):
     with pytest.raises(ValueError, match="chunk-size"):
         ChunkScanner().feed(line)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"5\nhello\r\n"],  # a bare LF ends the size line
+        [b"5\r\nhelloXY0\r\n\r\n"],  # no CRLF after the data
+        [b"5\r\nhello\r", b"X"],  # half of it, then the wrong byte
+        [b"5\r\nhel", b"lo\n\r"],
+    ],
+)
+def test_framing_a_client_could_not_parse_is_refused(pieces):
+    scanner = ChunkScanner()
+    with pytest.raises(ValueError):
+        for piece in pieces:
+            scanner.feed(piece)
 
 
 def test_an_endless_size_line_is_refused():

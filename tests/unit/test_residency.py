@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llmux.config import ConfigError, parse_config
@@ -114,6 +116,28 @@ def test_with_weights_the_cheapest_set_that_makes_room_is_chosen():
     # nothing makes room: every candidate, as without weights
     room = plan(budget(total=50, a=20, d=60), "d", ["a"], weight=weights.get)
     assert not room.fits and room.victims == ("a",)
+
+
+def test_the_cheapest_set_counts_exclusions_and_memory_held_asleep():
+    # e is exclusive with the target and always goes; 40 more are needed. a frees 30
+    # of its 40 (10 held asleep), so a alone (0.65) does not do: b and c (0.7) do
+    b = Budget(
+        100 * GiB,
+        0,
+        {
+            "a": ModelMemory(40 * GiB, asleep=10 * GiB),
+            "b": ModelMemory(20 * GiB),
+            "c": ModelMemory(30 * GiB),
+            "e": ModelMemory(10 * GiB, exclusive_with=frozenset({"t"})),
+            "t": ModelMemory(50 * GiB),
+        },
+    )
+    weights = {"a": 0.65, "b": 0.3, "c": 0.4, "e": 9.0}
+    room = plan(b, "t", ["a", "b", "c", "e"], order=weights.get, weight=weights.get)
+    assert room.fits and room.victims[0] == "e" and set(room.victims[1:]) == {"b", "c"}
+    held_nothing = replace(b, models={**b.models, "a": ModelMemory(40 * GiB)})
+    room = plan(held_nothing, "t", ["a", "b", "c", "e"], order=weights.get, weight=weights.get)
+    assert room.victims == ("e", "a")
 
 
 def test_measured_sizes_keep_a_high_percentile_of_recent_wakes():

@@ -112,6 +112,19 @@ def test_cost_aware_eviction_keeps_the_model_that_is_dear_to_wake(eviction, evic
     assert h.calls.count((evicted, "sleep")) == 1
 
 
+def test_a_cold_start_does_not_set_what_putting_a_model_to_sleep_costs():
+    """A first wake may be a cold start (60 s here) where a wake from sleep takes 2 s:
+    the eviction score uses wakes from llmux's own sleep once there is one."""
+    h = harness(budget(slow=40, quick=40))
+    wake(h, "slow", secs=60.0)  # cold start
+    assert h.sw._wake_cost("slow") == 60.0  # nothing better known yet
+    h.sleep("slow")
+    h.finish("slow", "sleep")
+    wake(h, "slow", secs=2.0)  # from llmux's own sleep
+    assert h.sw._wake_cost("slow") == 2.0
+    assert h.sw.wake_costs.get(None, "slow") > 2.0  # the switch estimate keeps both
+
+
 def test_a_pinned_model_is_never_put_to_sleep_to_make_room():
     h = harness(budget(embed={"awake": 10, "pin": True}, a=60, b=60))
     wake(h, "embed")
