@@ -543,6 +543,10 @@ def _check_memory(config: Config, problems: list[str]) -> None:
     models = config.models
     if budget is None and config.memory.probe:
         problems.append("memory.probe: needs memory.budget (it measures models awake together)")
+    if budget is None and config.memory.headroom:
+        problems.append("memory.headroom: needs memory.budget (it is kept free of it)")
+    if budget is None and config.memory.eviction != MemoryConfig.eviction:
+        problems.append("memory.eviction: needs memory.budget (one model is awake without it)")
     if budget is not None and config.memory.headroom >= budget:
         problems.append(
             f"memory.headroom: {residency.format_bytes(config.memory.headroom)} leaves nothing "

@@ -218,6 +218,11 @@ def test_memory_settings_that_mean_nothing_or_cannot_work_are_refused_by_name():
         "memory.probe: needs memory.budget (it measures models awake together)",
         "models.a.memory_asleep: needs memory.budget (the memory block)",
     ]
+    found = problems({"memory": {"headroom": "1GiB", "eviction": "lru"}, "models": {"a": model(1)}})
+    assert found == [
+        "memory.headroom: needs memory.budget (it is kept free of it)",
+        "memory.eviction: needs memory.budget (one model is awake without it)",
+    ]
     found = problems({"memory": {"budget": "8GiB", "headroom": "9GiB"}, "models": {"a": model(1)}})
     assert found == ["memory.headroom: 9.0GiB leaves nothing of the budget (8.0GiB)"]
     found = problems(
