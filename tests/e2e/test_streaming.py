@@ -80,13 +80,14 @@ def test_backend_errors_pass_through_untouched(llmux):
     assert r.json()["error"]["message"] == "fake failure" and r.json()["x_served_by"] == "a"
 
 
-def read_raw_stream(port, body: dict, *, limit_secs=10.0) -> bytes:
+def read_raw_stream(port, body: dict, *, limit_secs=10.0, version="1.1") -> bytes:
     """Everything the client gets on the socket, until llmux closes it."""
     payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=limit_secs)
     try:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST /v1/chat/completions HTTP/{version}\r\nHost: x\r\n".encode()
+            + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
@@ -130,19 +131,9 @@ def _access_lines(server) -> list[str]:
 
 
 def test_an_http_1_0_client_gets_the_stream_unframed_until_the_connection_closes(llmux):
-    payload = json.dumps({"model": "a", "stream": True, "messages": []}).encode()
-    sock = socket.create_connection(("127.0.0.1", llmux.port), timeout=10)
-    try:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    finally:
-        sock.close()
+    data = read_raw_stream(
+        llmux.port, {"model": "a", "stream": True, "messages": []}, version="1.0"
+    )
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
     assert body.startswith(b"data: ") and body.rstrip().endswith(b"data: [DONE]")
