@@ -300,7 +300,9 @@ class Reply:
         scanner = ChunkScanner()
         while not scanner.done:
             try:
-                data = fp.read1(CHUNK_BYTES)
+                # what the socket file's own buffer (8 KiB) takes in one read: a larger
+                # size makes each waiting read allocate it (64 MiB for 1,000 streams)
+                data = fp.read1()
             except (OSError, ValueError) as exc:  # ValueError: fp closed by a cut
                 raise UpstreamAborted(_failure(exc)[1]) from None
             if not data:
