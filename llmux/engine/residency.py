@@ -396,4 +396,5 @@ def weight_key(
     None under LRU (greedy). Arguments as for :func:`order_key`."""
     if eviction == "lru":
         return None
-    return lambda m: eviction_score(cost(m), now - last_used.get(m, 0.0))
+    order = order_key(eviction, last_used, cost, now)
+    return lambda m: order(m)[0]

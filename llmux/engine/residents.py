@@ -90,7 +90,8 @@ class Residents:
         )
         if room.fits or self.budget.single:
             return room
-        declared = plan(self.budget, target, self._up, busy=busy, order=order, weight=weight)
+        # only whether it fits by declared sizes: the greedy choice says as much
+        declared = plan(self.budget, target, self._up, busy=busy, order=order)
         return Room(room.victims, True) if declared.fits else room
 
     def _lead_of(self, victims: Sequence[str]) -> str | None:
