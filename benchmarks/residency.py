@@ -48,26 +48,34 @@ SIZE = 40 * GiB
 COSTS = (2.0, 60.0, 10.0, 20.0)
 POLICIES = ("fifo", "cost_aware")
 CONCURRENCY = 8
+# poisson-3models as a newcomer ran it (also benchmarks.residency_replay --newcomer)
+NEWCOMER_TRACE = ROOT / "benchmarks" / "traces" / "poisson-3models.jsonl"
+NEWCOMER_SIZES = {"llama": 10 * GiB, "qwen": 12 * GiB, "mistral": 6 * GiB}
+NEWCOMER_BUDGET = 24 * GiB
+
+
+def own_costs(trace: Trace) -> tuple[dict[str, float], dict[str, float]]:
+    """The wake and sleep seconds a trace file declares for its models."""
+    wake = {m: c["wake_secs"] for m, c in trace.costs.items()}
+    return wake, {m: c.get("sleep_secs", 0.0) for m, c in trace.costs.items()}
+
+
+def room_for(fit: int, models) -> Budget:
+    """A budget with room for ``fit`` of ``models``, each of :data:`SIZE`."""
+    return Budget(fit * SIZE, 0, {m: ModelMemory(SIZE) for m in models})
 
 
 def run(
     trace: Trace,
     wake: dict[str, float],
-    fit: int,
+    budget: Budget,
     *,
-    sizes: dict[str, int] | None = None,
     sleep: dict[str, float] | None = None,
     concurrency: int = CONCURRENCY,
 ) -> dict[str, dict[str, list]]:
-    """Per policy and rule: the (waking seconds, mean wait) of one run of ``trace``;
-    ``sizes`` (default all :data:`SIZE`, with room for ``fit`` of them) and a budget of
-    ``fit`` bytes when given."""
+    """Per policy and rule: the (waking seconds, mean wait) of one run of ``trace``."""
     sleep = sleep if sleep is not None else {m: 1.0 for m in wake}
     costs = Costs(wake, sleep, {m: concurrency for m in wake})
-    if sizes is None:
-        budget = Budget(fit * SIZE, 0, {m: ModelMemory(SIZE) for m in trace.models})
-    else:
-        budget = Budget(fit, 0, {m: ModelMemory(sizes[m]) for m in trace.models})
     out: dict[str, dict[str, list]] = {}
     runs = compare(
         trace,
@@ -145,7 +153,7 @@ def main() -> None:
             results: dict = {}
             for seed, rate in itertools.product(seeds, rates):
                 trace = zipf_bursty(seconds=3600, models=4, rate=rate, seed=seed)
-                merge(results, run(trace, wake, fit))
+                merge(results, run(trace, wake, room_for(fit, trace.models)))
             label = f"4-model Zipf, room for {fit}, wakes {'/'.join(f'{c:g}' for c in order)} s"
             print("| " + " | ".join(row(label, results)) + " |")
     for name, trace in [] if args.quick else shipped():
@@ -153,16 +161,14 @@ def main() -> None:
             print(f"| {name}: {trace} |" + " |" * (len(head) - 1))
             continue
         fit = max(len(trace.models) - 1, 1)
-        results = run(trace, costs_for(trace.models), fit)
+        results = run(trace, costs_for(trace.models), room_for(fit, trace.models))
         label = f"{name}, {len(trace.models)} models, room for {fit}"
         print("| " + " | ".join(row(label, results)) + " |")
-    newcomer = load_trace(ROOT / "benchmarks" / "traces" / "poisson-3models.jsonl")
-    sizes = {"llama": 10 * GiB, "qwen": 12 * GiB, "mistral": 6 * GiB}
-    own = {m: c["wake_secs"] for m, c in newcomer.costs.items()}
-    own_sleep = {m: c.get("sleep_secs", 0.0) for m, c in newcomer.costs.items()}
+    newcomer = load_trace(NEWCOMER_TRACE)
+    wake, sleep = own_costs(newcomer)
+    budget = Budget(NEWCOMER_BUDGET, 0, {m: ModelMemory(s) for m, s in NEWCOMER_SIZES.items()})
     for concurrency in (1,) if args.quick else (1, 8):
-        results = run(newcomer, own, 24 * GiB, sizes=sizes, sleep=own_sleep,
-                      concurrency=concurrency)  # fmt: skip
+        results = run(newcomer, wake, budget, sleep=sleep, concurrency=concurrency)
         label = f"poisson-3models, own costs, 10/12/6 GiB in 24 GiB, concurrency {concurrency}"
         print("| " + " | ".join(row(label, results)) + " |")
     if not args.quick:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import requests
 
@@ -33,12 +32,10 @@ from llmux.sim.traces import Trace, load_trace, zipf_bursty
 
 from .harness import Harness
 from .policy_replay import _drive, stream_body
+from .residency import NEWCOMER_BUDGET, NEWCOMER_SIZES, NEWCOMER_TRACE, SIZE, own_costs
 
 COSTS = {"m0": 2.0, "m1": 10.0, "m2": 20.0, "m3": 60.0}
 CONCURRENCY = 8
-GiB = 1024**3
-SIZE = 40 * GiB
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -106,7 +103,7 @@ def simulate(case: Case, rule: str) -> dict:
 def zipf_case(args) -> Case:
     trace = zipf_bursty(seconds=args.seconds, models=4, rate=args.rate, seed=args.seed)
     trace = trace.compress(args.compress)
-    print(f"{trace.name}: {len(trace)} requests, {trace.source}; compressed x{args.compress:g}; "
+    print(f"{trace.name}: {len(trace)} requests, {trace.source}; "
           f"room for {args.fit} of 4; wakes m0..m3 = 2/10/20/60 s; {args.policy}; "
           "seconds uncompressed")  # fmt: skip
     return Case(
@@ -123,16 +120,17 @@ def zipf_case(args) -> Case:
 
 def newcomer_case(args) -> Case:
     """``poisson-3models`` as a newcomer ran it: its own costs, 10/12/6 GiB in 24 GiB."""
-    trace = load_trace(ROOT / "benchmarks" / "traces" / "poisson-3models.jsonl")
+    trace = load_trace(NEWCOMER_TRACE)
+    wake, sleep = own_costs(trace)
     print(f"{trace.name}: {len(trace)} requests, its own wake and sleep costs; "
           f"llama/qwen/mistral = 10/12/6 GiB in 24 GiB; one request at a time; "
           f"{args.policy}")  # fmt: skip
     return Case(
         trace,
-        wake={m: c["wake_secs"] for m, c in trace.costs.items()},
-        sleep={m: c.get("sleep_secs", 0.0) for m, c in trace.costs.items()},
-        sizes={"llama": 10 * GiB, "qwen": 12 * GiB, "mistral": 6 * GiB},
-        budget=24 * GiB,
+        wake=wake,
+        sleep=sleep,
+        sizes=NEWCOMER_SIZES,
+        budget=NEWCOMER_BUDGET,
         concurrency=1,
         policy=args.policy,
         compress=1.0,
