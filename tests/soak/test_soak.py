@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from datetime import datetime
 
 import psutil
 import pytest
@@ -66,6 +67,31 @@ def stall(server, rng) -> int:
     return int(head.split()[1]) if head.startswith(b"HTTP/1.1") else 0
 
 
+def assert_timeouts_explained(records, answered: int) -> None:
+    """Each queue timeout waited through a failing switch, and no other 504 was sent.
+
+    A backend the chaos kills while its model wakes fails the switch only at
+    ``ready_timeout`` (10 s), so a request queued behind one or two such
+    switches may reach ``request_timeout_secs`` and get 504 ``queue_timeout``:
+    an answer within its deadline. A queue timeout whose wait overlaps no
+    failed switch would be a wedge.
+    """
+
+    def at(record) -> float:
+        return datetime.fromisoformat(record["timestamp"]).timestamp()
+
+    failing = [  # (start, end) of every failed switch
+        (at(r) - r["duration_secs"], at(r)) for r in records if r.get("event") == "switch_failed"
+    ]
+    timeouts = [
+        r for r in records if r.get("event") == "request_dequeued" and r.get("reason") == "timeout"
+    ]
+    assert len(timeouts) >= answered, (len(timeouts), answered)
+    for r in timeouts:
+        left = at(r)
+        assert any(start <= left and end >= left - r["wait_secs"] for start, end in failing), r
+
+
 @pytest.mark.parametrize("mix", ["plain", "hostile"])
 def test_soak(llmux_factory, mix, tmp_path):
     hostile = mix == "hostile"
@@ -81,8 +107,13 @@ def test_soak(llmux_factory, mix, tmp_path):
         assert server.chat(model).status_code == 200
     rss_start, fds_start = worker.memory_info().rss, worker.num_fds()
     deadline = time.monotonic() + SECONDS
-    counts = {"sent": 0, "bad": [], "kills": 0, "left": 0}
+    counts = {"sent": 0, "bad": [], "kills": 0, "left": 0, "timeouts": 0}
     lock = threading.Lock()
+
+    def answer(r):
+        if r.status_code == 504:  # only a queue timeout a failed switch explains: below
+            return (504, r.json()["error"]["code"])
+        return r.status_code
 
     def client(seed):
         rng = random.Random(seed)
@@ -101,11 +132,11 @@ def test_soak(llmux_factory, mix, tmp_path):
                         stream=True,
                         timeout=30,
                     )
-                    status = r.status_code  # the headers came; then the client leaves
+                    status = answer(r)  # the headers came; then the client leaves
                     r.close()
                 else:
                     r = session.post(server.url + "/v1/chat/completions", json=body, timeout=30)
-                    status = r.status_code
+                    status = answer(r)
             except requests.exceptions.ChunkedEncodingError:
                 status = "cut"  # a stream whose backend the chaos killed: cut, never faked
             except requests.RequestException as exc:
@@ -114,6 +145,8 @@ def test_soak(llmux_factory, mix, tmp_path):
                 counts["sent"] += 1
                 if status == "left":
                     counts["left"] += 1
+                elif status == (504, "queue_timeout"):
+                    counts["timeouts"] += 1
                 elif status not in (200, 503):  # 503: an injected wake failure
                     counts["bad"].append(status)
 
@@ -185,6 +218,7 @@ def test_soak(llmux_factory, mix, tmp_path):
     assert not [c for c in worker.children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]
     for line in server.log_text().splitlines():
         json.loads(line)
+    assert_timeouts_explained(server.log_records(), counts["timeouts"])
     if hostile:  # the misbehaviour really happened, and was answered as designed
         records = server.log_records()
         ends = [r for r in records if r.get("event") == "request_finished"]
