@@ -10,8 +10,10 @@ standard library (``preload_app`` stays off): the switcher's lock is built here.
 A routed request goes through the checks of SPEC §6 in order (path, API key,
 content type, size, JSON, ``model``, configured model), then waits for its
 model (``Switcher.acquire``), is forwarded, and holds its ticket until the last
-byte is sent or the client leaves. Every :class:`~llmux.errors.LlmuxError` is
-turned into the OpenAI error envelope in :func:`error_response`, and nowhere else.
+byte is sent or the client leaves. Routed requests bypass Flask
+(:mod:`llmux.web.routed`); Flask answers llmux's own endpoints. Every
+:class:`~llmux.errors.LlmuxError` is turned into the OpenAI error envelope in
+:func:`llmux.web.routed.error_answer`, and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -56,6 +57,15 @@ from . import bodies, cors, inbound, loading
 from .admin import admin_blueprint
 from .exchange import SERVER_RESPONSE, Exchange, request_id_from
 from .reloading import Reloader
+from .routed import (
+    CONFIG,
+    EXCHANGE,
+    Answer,
+    Dispatch,
+    common_headers,
+    failed,
+    unexpected,
+)
 from .upstream import Reply, Upstream, filter_headers
 
 log = logging.getLogger("llmux.app")
@@ -66,8 +76,6 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id", "content-encoding"})
 # llmux's own API keys, never forwarded when api_keys checks them
 CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
-# What a request keeps in its WSGI environ: its config snapshot and its Exchange.
-CONFIG, EXCHANGE = "llmux.config", "llmux.exchange"
 
 
 class Gateway:
@@ -276,7 +284,7 @@ class Gateway:
         config: Config,
         *,
         stream: bool = False,
-    ) -> Response:
+    ) -> Answer:
         """Wait for the model, send the request, and answer with the backend's reply.
 
         ``exchange`` holds the ticket and the reply from the moment each exists;
@@ -298,26 +306,49 @@ class Gateway:
                 exchange.early = True
                 relay = loading.LoadingRelay(exchange, admission, environ, send)
                 exchange.body = relay
-                return Response(relay, status=200, headers=list(loading.HEADERS))
+                return Answer(200, list(loading.HEADERS), relay)
             ticket = admission.take()
         else:
             ticket = self.switcher.acquire(model, queued=exchange.queued, weight=weight)
         exchange.admitted(ticket, environ)
         reply = exchange.reply = send()
-        response = Response(
-            exchange.relay(environ.get(SERVER_RESPONSE)),
-            status=reply.status,
-            direct_passthrough=True,
-        )
-        response.headers.clear()
+        headers = []
+        event_stream = False
         for name, value in reply.headers:
             if not cors.is_cors_header(name):
-                response.headers.add(name, value)
+                headers.append((name, value))
+                if name.lower() == "content-type":
+                    mimetype = value.split(";", 1)[0].strip().lower()
+                    event_stream = mimetype == "text/event-stream"
         if reply.length is not None:
-            response.headers["Content-Length"] = str(reply.length)
-        if response.mimetype == "text/event-stream":
-            response.headers["X-Accel-Buffering"] = "no"
-        return response
+            headers.append(("Content-Length", str(reply.length)))
+        if event_stream:
+            headers.append(("X-Accel-Buffering", "no"))
+        return Answer(reply.status, headers, exchange.relay(environ.get(SERVER_RESPONSE)))
+
+    def route(self, environ: dict, config: Config) -> Answer:
+        """Answer one routed request: the checks of SPEC §6 in order, then
+        :meth:`forward`. Raises :class:`~llmux.errors.LlmuxError` to refuse it."""
+        method = environ["REQUEST_METHOD"]
+        path = inbound.routed_path(environ, config.proxy.extra_paths)
+        exchange = environ[EXCHANGE] = Exchange(self.metrics, method=method, path=path)
+        self.authorize(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"), config)
+        content_type = environ.get("CONTENT_TYPE", "")
+        if method == "POST":
+            inbound.body_kind(content_type)
+        inbound.refuse_cross_site(environ, lambda origin: cors.allowed(origin, config.cors))
+        proxy = config.proxy
+        body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)
+        fields = bodies.read_fields(body, content_type)
+        model = config.resolve(fields.model)
+        if model is None:
+            raise ModelNotFound(fields.model)
+        exchange.model, exchange.requested = model, fields.model
+        upstream_name = config.upstream_name(model)
+        if fields.model != upstream_name:  # an alias, or upstream_model
+            body = bodies.with_model(body, content_type, upstream_name)
+        headers = inbound.request_headers(environ)
+        return self.forward(exchange, environ, headers, body, config, stream=fields.stream)
 
     def _send(self, exchange: Exchange, environ: dict, headers, body: bytes, config) -> Reply:
         """Send an admitted request to its model's backend; the reply's headers are in."""
@@ -364,17 +395,12 @@ def _key_matches(presented: str | None, secrets) -> bool:
     return matched
 
 
-def error_response(error: LlmuxError) -> Response:
-    # nginx's name for 499; werkzeug would send "499 UNKNOWN"
-    status = "499 Client Closed Request" if error.status == 499 else error.status
-    response = Response(_json(error.envelope()), status=status, content_type="application/json")
-    retry_after = error.retry_after
-    if retry_after is None and error.status in (429, 503):
-        # every 429 and 503 says when to come back; 1 s where nothing better is
-        # known (shutting down: a restart's new worker takes about that long)
-        retry_after = 1
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
+def _response(answer: Answer) -> Response:
+    """An :class:`~llmux.web.routed.Answer` as a Flask response, headers as they are."""
+    response = Response(answer.body, status=answer.status_line, direct_passthrough=True)
+    response.headers.clear()
+    for name, value in answer.headers:
+        response.headers.add(name, value)
     return response
 
 
@@ -443,61 +469,24 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
 
     @app.after_request
     def add_headers(response):
-        environ = request.environ
-        response.headers["X-Request-Id"] = logs.request_id.get() or ""
-        exchange = environ.get(EXCHANGE)
-        if exchange is not None and exchange.arrived_state is not None:
-            response.headers["X-Llmux-Model-State"] = exchange.arrived_state
-            wait = exchange.queue_wait()
-            if wait is not None:
-                response.headers["X-Llmux-Queue-Wait-Ms"] = str(round(wait * 1000))
-        config = environ.get(CONFIG)
-        answered_preflight = cors.is_preflight(environ) and response.status_code == 204
-        admin = request.path.startswith("/llmux/")  # never readable by another origin
-        if config is not None and not answered_preflight and not admin:
-            for name, value in cors.response_headers(environ, config.cors):
-                if name == "Vary":  # keep the backend's (Accept-Encoding, say)
-                    response.vary.add(value)
-                else:
-                    response.headers[name] = value
+        admin = request.path.startswith("/llmux/")
+        for name, value in common_headers(request.environ, response.status_code, admin):
+            if name == "Vary":  # keep the backend's (Accept-Encoding, say)
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
         return response
 
     @app.route("/", methods=ALL_METHODS)
     @app.route("/<path:_any>", methods=ALL_METHODS)
     def routed(_any=""):
-        environ = request.environ
-        config = environ[CONFIG]
-        path = inbound.routed_path(environ, config.proxy.extra_paths)
-        exchange = environ[EXCHANGE] = Exchange(gateway.metrics, method=request.method, path=path)
-        headers = request.headers
-        gateway.authorize(headers.get("Authorization"), headers.get("X-Api-Key"), config)
-        if request.method == "POST":
-            inbound.body_kind(request)
-        inbound.refuse_cross_site(environ, lambda origin: cors.allowed(origin, config.cors))
-        proxy = config.proxy
-        body = inbound.read_body(environ, proxy.max_body_bytes, proxy.body_timeout)
-        content_type = environ.get("CONTENT_TYPE", "")
-        fields = bodies.read_fields(body, content_type)
-        model = config.resolve(fields.model)
-        if model is None:
-            raise ModelNotFound(fields.model)
-        exchange.model, exchange.requested = model, fields.model
-        upstream_name = config.upstream_name(model)
-        if fields.model != upstream_name:  # an alias, or upstream_model
-            body = bodies.with_model(body, content_type, upstream_name)
-        headers = request.headers.items()
-        return gateway.forward(exchange, environ, headers, body, config, stream=fields.stream)
+        # reached only for a path of Flask's own that none of its routes takes
+        # with this method: Dispatch answers every other routed request
+        return _response(gateway.route(request.environ, request.environ[CONFIG]))
 
     @app.errorhandler(LlmuxError)
     def llmux_error(error: LlmuxError):
-        inbound.stop_reading(request.environ)
-        exchange = request.environ.get(EXCHANGE)
-        if exchange is not None:
-            outcome = "error"
-            if error.status == 499:
-                outcome = exchange.aborted or "client_closed"
-            exchange.close(error.status, outcome, error.code)
-        return error_response(error)
+        return _response(failed(request.environ, error))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -508,11 +497,10 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
         return llmux_error(_http_error(error))
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception):
-        log.exception("unexpected error", extra={"event": "internal_error"})
-        return llmux_error(LlmuxError("internal error in llmux; see its log"))
+    def internal_error(error: Exception):
+        return _response(unexpected(request.environ))
 
-    app.wsgi_app = _ReleaseGuard(app.wsgi_app)
+    app.wsgi_app = _ReleaseGuard(Dispatch(gateway.route, lambda: gateway.config, app.wsgi_app))
     return app
 
 

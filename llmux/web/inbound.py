@@ -3,7 +3,8 @@
 Usage::
 
     path = routed_path(environ, extra_paths)          # NotFound unless allowlisted
-    kind = body_kind(request)                         # "json" | "form", or UnsupportedMediaType
+    kind = body_kind(environ.get("CONTENT_TYPE", ""))  # "json" | "form", or UnsupportedMediaType
+    headers = request_headers(environ)                # [(name, value)], as Werkzeug names them
     refuse_cross_site(environ, listed)                # Forbidden
     body = read_body(environ, limit)                  # RequestTooLarge, InvalidBody
     u = urgency(environ)                              # 0-7 from the Priority header
@@ -103,19 +104,34 @@ def urgency(environ: dict) -> int:
     return DEFAULT_URGENCY
 
 
-def body_kind(request) -> str:
-    """``"json"`` or ``"form"`` (multipart/form-data) from the Content-Type of
-    ``request`` (a Werkzeug request); else 415. JSON is what Werkzeug's
-    ``is_json`` says: ``application/json`` or ``application/*+json``."""
-    if request.is_json:
+def body_kind(content_type: str) -> str:
+    """``"json"`` or ``"form"`` (multipart/form-data) from a request's Content-Type;
+    else 415. JSON is what Werkzeug's ``is_json`` says: ``application/json`` or
+    ``application/*+json``."""
+    mimetype = content_type.split(";", 1)[0].strip().lower()
+    if mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    ):
         return "json"
-    content_type = request.content_type or ""
     if forms.is_form(content_type):
         return "form"
     shown = f"'{clip(content_type)}'" if content_type else "none"
     raise UnsupportedMediaType(
         f"Content-Type must be application/json or multipart/form-data, got {shown}"
     )
+
+
+def request_headers(environ: dict) -> list[tuple[str, str]]:
+    """The request's headers from its WSGI environ, named as Werkzeug's
+    ``EnvironHeaders`` names them (``HTTP_X_API_KEY`` is ``X-Api-Key``)."""
+    headers = []
+    for key, value in environ.items():
+        if key[:5] == "HTTP_":
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                headers.append((key[5:].replace("_", "-").title(), value))
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            headers.append((key.replace("_", "-").title(), value))
+    return headers
 
 
 def refuse_cross_site(environ: dict, listed: Callable[[str], bool] = lambda _: False) -> None:
