@@ -28,6 +28,7 @@ import http.client
 import logging
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -37,6 +38,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from ..errors import BackendUnreachable, BadGateway, ClientGone, GatewayTimeout, clip
 from .framing import ChunkScanner
@@ -128,6 +130,14 @@ class Cancel:
             self._sock = None
 
 
+def _is_ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
 def _shutdown(sock) -> None:
     if sock is not None:
         try:
@@ -145,6 +155,36 @@ class _Connection(HTTPConnection):
     """
 
     wire = None
+
+    def _new_conn(self) -> socket.socket:
+        """urllib3's ``_new_conn`` for a numeric IPv4 host, without the name lookup.
+
+        Under gevent, ``getaddrinfo`` runs in the hub's thread pool even for
+        ``127.0.0.1``: a thread hand-off per new connection, with a burst of
+        new connections queued on its few threads, and a few KB held per
+        waiting connect. The socket options, timeout and exceptions are
+        urllib3's (``ConnectTimeoutError``, ``NewConnectionError``).
+        """
+        if not _is_ipv4(self._dns_host) or self.source_address:
+            return super()._new_conn()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            for level, name, value in self.socket_options or ():
+                sock.setsockopt(level, name, value)
+            if self.timeout is not urllib3.util.timeout._DEFAULT_TIMEOUT:
+                sock.settimeout(self.timeout)
+            sock.connect((self._dns_host, self.port))
+        except TimeoutError as e:
+            sock.close()
+            raise ConnectTimeoutError(
+                self,
+                f"Connection to {self.host} timed out. (connect timeout={self.timeout})",
+            ) from e
+        except OSError as e:
+            sock.close()
+            raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
 
     def connect(self):
         super().connect()
@@ -300,9 +340,10 @@ class Reply:
         scanner = ChunkScanner()
         while not scanner.done:
             try:
-                # what the socket file's own buffer (8 KiB) takes in one read: a larger
-                # size makes each waiting read allocate it (64 MiB for 1,000 streams)
-                data = fp.read1()
+                # wait with peek(), which reads into the socket file's own buffer:
+                # read1() would allocate a result of the buffer's size (8 KiB) before
+                # waiting, per waiting stream; then take exactly what arrived
+                data = fp.read1(len(fp.peek()))
             except (OSError, ValueError) as exc:  # ValueError: fp closed by a cut
                 raise UpstreamAborted(_failure(exc)[1]) from None
             if not data:
