@@ -183,6 +183,12 @@ def non_streaming(h: Harness, settings: Settings, servers: dict[str, Server]) ->
             [32, "at once", name, "", "", "", "", median(rps[name]),
              f"{median(cpu[name]):.3f} ms CPU/req" if cpu[name] else ""]
         )  # fmt: skip
+    per_request = result.series["cpu_per_request"]
+    if "floor" in per_request and "llmux" in per_request:
+        ratio = per_request["llmux"] / per_request["floor"]
+        result.checks.append(
+            Check("CPU per request ≤ 1.0× the floor's", f"{ratio:.2f}×", ratio <= 1.0)
+        )
     if "litellm" in rps:
         ratio = median(rps["llmux"]) / max(median(rps["litellm"]), 1e-9)
         result.checks.append(

@@ -20,6 +20,7 @@ fails a switch. Observers must not call back into the switcher.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,7 +36,12 @@ class Event:
 
     def values(self) -> list[Any]:
         """The fields, in declaration order (not copied, unlike ``dataclasses.astuple``)."""
-        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return [getattr(self, name) for name in _field_names(type(self))]
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 EVENTS: list[type[Event]] = []  # every kind, in declaration order

@@ -190,6 +190,9 @@ class Metrics(Observer):
             registry=r,
         )
         self._memory_models: set[str] = set()
+        # labelled children of the per-request series, which are never removed:
+        # labels() validates and locks on every call, several times per request
+        self._children: dict[tuple, object] = {}
         self.model_state = Gauge(
             "llmux_model_state", "1 for the state each model is in", ["model", "state"], registry=r
         )
@@ -282,18 +285,27 @@ class Metrics(Observer):
         self, model: str, status: int, seconds: float, outcome: str = "completed"
     ) -> None:
         if model in self.models:
-            self.requests.labels(model, str(status)).inc()
-            self.outcomes.labels(model, outcome).inc()
-            self.request_duration.labels(model, str(status)).observe(seconds)
+            code = str(status)
+            self._child(self.requests, model, code).inc()
+            self._child(self.outcomes, model, outcome).inc()
+            self._child(self.request_duration, model, code).observe(seconds)
 
     def request_headers_sent(self, model: str, seconds: float) -> None:
         if model in self.models:
-            self.ttfb.labels(model).observe(seconds)
+            self._child(self.ttfb, model).observe(seconds)
+
+    def _child(self, metric, *labels):
+        """``metric.labels(*labels)``, looked up once."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # --- switcher events ---
 
     def request_admitted(self, model, waited, queued):
-        self.queue_wait.labels(model).observe(waited)
+        self._child(self.queue_wait, model).observe(waited)
 
     def request_left_queue(self, model, reason, waited):
         self.queue_left.labels(model, reason).inc()
@@ -305,7 +317,7 @@ class Metrics(Observer):
         self.queue_depth.labels(model).set(depth)
 
     def in_flight_changed(self, model, in_flight):
-        self.in_flight.labels(model).set(in_flight)
+        self._child(self.in_flight, model).set(in_flight)
 
     def state_changed(self, model, state):
         for s in STATES:
