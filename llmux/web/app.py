@@ -58,6 +58,7 @@ from .admin import admin_blueprint
 from .exchange import SERVER_RESPONSE, Exchange, request_id_from
 from .reloading import Reloader
 from .routed import (
+    ALL_METHODS,
     CONFIG,
     EXCHANGE,
     Answer,
@@ -70,7 +71,6 @@ from .upstream import Reply, Upstream, filter_headers
 
 log = logging.getLogger("llmux.app")
 
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Never forwarded: framing is redone by both ends; Expect is answered by gunicorn;
 # the request id is llmux's own (sanitised) one; the body goes out decoded.
 REQUEST_DROP = frozenset({"host", "content-length", "expect", "x-request-id", "content-encoding"})

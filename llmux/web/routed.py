@@ -39,8 +39,12 @@ log = logging.getLogger("llmux.app")
 
 # What a request keeps in its WSGI environ: its config snapshot and its Exchange.
 CONFIG, EXCHANGE = "llmux.config", "llmux.exchange"
-# PATH_INFO values Flask's own routes answer (any method: a method none of them
-# takes falls through to the routed view there, as it always did)
+# The methods llmux routes; any other gets 405 from Flask.
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+ROUTED_METHODS = frozenset(ALL_METHODS) - {"OPTIONS"}
+# PATH_INFO values Flask's own routes answer, with or without a trailing slash
+# (any method: a method none of them takes falls through to the routed view
+# there, as it always did)
 LOCAL_PATHS = frozenset({"/health", "/metrics", "/v1/models", "/llmux"})
 LOCAL_PREFIXES = ("/v1/models/", "/llmux/")
 
@@ -137,11 +141,12 @@ def merge_headers(headers: list[tuple[str, str]], extra: list[tuple[str, str]]) 
 
 
 def is_local(environ: dict) -> bool:
-    """Whether Flask answers this request: an ``OPTIONS`` one, or one of its paths."""
+    """Whether Flask answers this request: one of its paths, ``OPTIONS``, or a method
+    llmux does not route (405)."""
     path = environ.get("PATH_INFO", "")
     return (
-        environ["REQUEST_METHOD"] == "OPTIONS"
-        or path in LOCAL_PATHS
+        environ["REQUEST_METHOD"] not in ROUTED_METHODS
+        or path.rstrip("/") in LOCAL_PATHS
         or path.startswith(LOCAL_PREFIXES)
     )
 
@@ -190,13 +195,25 @@ class Dispatch:
         config = environ[CONFIG] = self.config()
         inbound.prepare_client_socket(environ, config.proxy.client_timeout)
         logs.request_id.set(request_id_from(environ.get("HTTP_X_REQUEST_ID")))
+        answer = None
         try:
-            answer = self.route(environ, config)
-        except LlmuxError as error:
-            answer = failed(environ, error)
-        except Exception:
-            answer = unexpected(environ)
-        headers = wsgi_headers(environ, answer)
-        merge_headers(headers, common_headers(environ, answer.status, admin=False))
+            answer = self._answer(environ, config)
+            headers = wsgi_headers(environ, answer)
+            merge_headers(headers, common_headers(environ, answer.status, admin=False))
+        except Exception:  # answering failed too: the plainest envelope, and nothing held
+            log.exception("unexpected error in an answer", extra={"event": "internal_error"})
+            close = getattr(answer and answer.body, "close", None)
+            if close is not None:
+                close()  # a relay's: that closes the exchange
+            answer = error_answer(LlmuxError("internal error in llmux; see its log"))
+            headers = [*answer.headers, ("X-Request-Id", logs.request_id.get() or "")]
         start_response(answer.status_line, headers)
         return body_of(environ, answer)
+
+    def _answer(self, environ: dict, config) -> Answer:
+        try:
+            return self.route(environ, config)
+        except LlmuxError as error:
+            return failed(environ, error)
+        except Exception:
+            return unexpected(environ)

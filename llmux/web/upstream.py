@@ -169,8 +169,8 @@ class _Connection(HTTPConnection):
             return super()._new_conn()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            for level, name, value in self.socket_options or ():
-                sock.setsockopt(level, name, value)
+            for option in self.socket_options or ():
+                sock.setsockopt(*option)
             if self.timeout is not urllib3.util.timeout._DEFAULT_TIMEOUT:
                 sock.settimeout(self.timeout)
             sock.connect((self._dns_host, self.port))

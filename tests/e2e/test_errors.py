@@ -253,6 +253,17 @@ def test_wrong_method_on_a_local_route_is_not_routed(llmux):
     assert llmux.hook_runs() == []
 
 
+def test_methods_llmux_does_not_route_get_405_and_local_paths_take_a_slash(llmux):
+    for method in ("TRACE", "PROPFIND"):
+        r = requests.request(
+            method, llmux.url + "/v1/chat/completions", json={"model": "a"}, timeout=5
+        )
+        assert_error(r, 405, "method_not_allowed")
+    assert llmux.hook_runs() == []
+    for path in ("/health/", "/metrics/"):  # as Flask's routes always took them
+        assert requests.get(llmux.url + path, timeout=5).status_code == 200
+
+
 def test_absolute_form_target_goes_to_the_configured_backend(llmux):
     canary = socket.socket()
     canary.bind(("127.0.0.1", 0))

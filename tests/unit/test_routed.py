@@ -146,7 +146,11 @@ def test_body_kind(content_type, kind):
         ("OPTIONS", "/v1/chat/completions", True),
         ("POST", "/v1/chat/completions", False),
         ("GET", "/v1/modelsx", False),
-        ("GET", "/health/", False),
+        ("GET", "/health/", True),  # strict_slashes is off: Flask answers it
+        ("GET", "/metrics//", True),
+        ("GET", "/healthz", False),
+        ("TRACE", "/v1/chat/completions", True),  # not routed: Flask's 405
+        ("PROPFIND", "/v1/chat/completions", True),
         ("GET", "/", False),
     ],
 )
