@@ -88,6 +88,11 @@ def markdown(results, replays, info: dict, command: str, seconds: float, plot_na
     )
     out += ["", f"![latency and chunk delay]({plot_name})", ""]
     out += ["## What the figures say", ""] + analysis(results) + [""]
+    out += [
+        "The profiles behind each data-plane change, what each one measured, and why the",
+        "targets still not met are out of reach in this runtime shape: `docs/data-plane.md`.",
+        "",
+    ]
     for r in results:
         out += [f"## {r.name}", ""]
         out += [f"{note}" for note in r.notes] + [""]
