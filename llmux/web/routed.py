@@ -9,7 +9,7 @@ Flask answers llmux's own endpoints (``/health``, ``/metrics``, ``/v1/models``,
 for a model, or a path nobody serves, and goes through :class:`Dispatch`: no
 request context, URL map, request or response object is built for it. Profiling
 the non-streamed path showed Flask and Werkzeug taking about a tenth of the
-CPU of a routed request; see docs/performance.md.
+CPU of a routed request; see docs/data-plane.md.
 
 An answer is an :class:`Answer` (status, header list, body iterable). The
 headers every answer gets (``X-Request-Id``, the model's state and queue wait,
