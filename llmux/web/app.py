@@ -494,7 +494,11 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
             path = request.path[:128]
             extra = gateway.config.proxy.extra_paths
             return llmux_error(NotFound(f"no route for {path}{inbound.hint(path, extra)}"))
-        return llmux_error(_http_error(error))
+        answer = failed(request.environ, _http_error(error))
+        allowed = getattr(error, "valid_methods", None)
+        if error.code == 405 and allowed:  # RFC 9110 §15.5.6
+            answer.headers.append(("Allow", ", ".join(allowed)))
+        return _response(answer)
 
     @app.errorhandler(Exception)
     def internal_error(error: Exception):

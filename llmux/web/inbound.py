@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import http_sf
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from ..engine.cost_aware import DEFAULT_URGENCY
 from ..errors import (
@@ -167,6 +168,8 @@ def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
     anything; a chunked body is counted while it is read. Under gevent, the
     whole body must arrive within ``timeout`` seconds (408): a client sending a
     byte now and then never trips an inactivity timeout, a total one it does.
+    A body that ends early (short of its ``Content-Length``, or inside its
+    chunks) or whose chunked framing is malformed is :class:`InvalidBody`.
     """
     try:
         with _deadline(timeout):
@@ -177,6 +180,11 @@ def read_body(environ: dict, limit: int, timeout: float | None = None) -> bytes:
     except TimeoutError:  # the client socket's own deadline: nothing came for that long
         environ["llmux.body_unread"] = True
         raise RequestBodyTimeout("request body stopped arriving") from None
+    except ParseException as exc:  # gunicorn's chunked-body parser: what follows is garbage
+        environ["llmux.body_unread"] = True
+        raise InvalidBody(f"malformed chunked request body ({type(exc).__name__})") from None
+    except NoMoreData:  # the connection ended inside the chunked body
+        raise InvalidBody("request body ended before its last chunk") from None
     coding = environ.get("HTTP_CONTENT_ENCODING")
     return content_coding.decode(body, coding, limit) if coding else body
 
@@ -215,6 +223,8 @@ def _read_body(environ: dict, limit: int) -> bytes:
         if size > limit:
             environ["llmux.body_unread"] = True
             raise RequestTooLarge(f"request body exceeds {limit} bytes")
+    if declared and size < length:  # RFC 9112 §8: the connection closed early; incomplete
+        raise InvalidBody(f"request body ended after {size} of its {length} bytes")
     return b"".join(parts)
 
 

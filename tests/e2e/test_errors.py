@@ -253,12 +253,40 @@ def test_wrong_method_on_a_local_route_is_not_routed(llmux):
     assert llmux.hook_runs() == []
 
 
+@pytest.mark.parametrize(
+    "head, body",
+    [
+        (b"Content-Length: 500\r\n", b'{"model":"a"}'),  # then the client stops sending
+        (b"Transfer-Encoding: chunked\r\n", b'zz\r\n{"model":"a"}\r\n0\r\n\r\n'),
+        (b"Transfer-Encoding: chunked\r\n", b'100\r\n{"model":"a"}'),  # cut in a chunk
+    ],
+    ids=["short-of-content-length", "bad-chunk-size", "cut-in-a-chunk"],
+)
+def test_an_incomplete_or_malformed_body_is_400_and_routes_nothing(llmux, head, body):
+    with socket.create_connection(("127.0.0.1", llmux.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n" + head + b"\r\n" + body
+        )
+        sock.shutdown(socket.SHUT_WR)  # the body ends here, as a client that quits sends it
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:300]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_body"
+    assert llmux.hook_runs() == []
+    records = llmux.log_records()
+    assert not [r for r in records if r.get("event") == "internal_error"]
+
+
 def test_methods_llmux_does_not_route_get_405_and_local_paths_take_a_slash(llmux):
     for method in ("TRACE", "PROPFIND"):
         r = requests.request(
             method, llmux.url + "/v1/chat/completions", json={"model": "a"}, timeout=5
         )
         assert_error(r, 405, "method_not_allowed")
+        assert "POST" in r.headers["Allow"]
     assert llmux.hook_runs() == []
     for path in ("/health/", "/metrics/"):  # as Flask's routes always took them
         assert requests.get(llmux.url + path, timeout=5).status_code == 200
