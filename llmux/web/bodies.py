@@ -90,7 +90,9 @@ def _json_object(body: bytes) -> dict:
         data = json.loads(body)
     except UnicodeDecodeError:
         raise InvalidBody("request body is not valid UTF-8") from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:  # Python's own words would name its recursion limit
+        raise InvalidBody("request body is JSON nested too deeply") from None
+    except ValueError as exc:
         raise InvalidBody(f"request body is not valid JSON: {clip(str(exc), 80)}") from None
     if not isinstance(data, dict):
         raise InvalidBody(f"request body must be a JSON object, got {type(data).__name__}")

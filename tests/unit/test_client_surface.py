@@ -140,6 +140,12 @@ def test_json_bodies_refused(body, error):
         bodies.read_fields(body, "application/json")
 
 
+def test_json_nested_too_deeply_is_refused_in_plain_words():
+    with pytest.raises(InvalidBody, match="nested too deeply") as caught:
+        bodies.read_fields(b"[" * 100_000 + b"]" * 100_000, "application/json")
+    assert "recursion" not in str(caught.value)
+
+
 def test_a_forms_model_is_replaced_and_every_other_byte_kept():
     file_bytes = b"RIFF\r\n--not-the-boundary\r\n\x00" + bytes(range(256))
     prepared = requests.Request(
