@@ -55,7 +55,7 @@ from ..telemetry.metrics import Metrics
 from ..telemetry.vllm_names import VllmNames
 from . import bodies, cors, inbound, loading
 from .admin import admin_blueprint
-from .exchange import SERVER_RESPONSE, Exchange, request_id_from
+from .exchange import SERVER_RESPONSE, Exchange
 from .reloading import Reloader
 from .routed import (
     ALL_METHODS,
@@ -63,6 +63,7 @@ from .routed import (
     EXCHANGE,
     Answer,
     Dispatch,
+    begin,
     common_headers,
     failed,
     unexpected,
@@ -318,8 +319,7 @@ class Gateway:
             if not cors.is_cors_header(name):
                 headers.append((name, value))
                 if name.lower() == "content-type":
-                    mimetype = value.split(";", 1)[0].strip().lower()
-                    event_stream = mimetype == "text/event-stream"
+                    event_stream = inbound.mimetype(value) == "text/event-stream"
         if reply.length is not None:
             headers.append(("Content-Length", str(reply.length)))
         if event_stream:
@@ -455,10 +455,8 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
     @app.before_request
     def tag_request():
         environ = request.environ
-        # one config per request, whatever a reload does meanwhile
-        config = environ[CONFIG] = gateway.config
-        inbound.prepare_client_socket(environ, config.proxy.client_timeout)
-        logs.request_id.set(request_id_from(request.headers.get("X-Request-Id")))
+        config = gateway.config
+        begin(environ, config)
         if request.method == "OPTIONS":  # answered here, on every path, never forwarded
             if cors.is_preflight(environ) and request.path.startswith("/llmux/"):
                 raise Forbidden("the admin API is not open to other origins")
@@ -511,11 +509,12 @@ def create_app(config_path: str | None = None, *, port: int | None = None) -> Fl
 class _ReleaseGuard:
     """The outermost WSGI layer: no routed request leaves anything held.
 
-    Flask's error handlers close the exchange of a request answered with an
-    error, and a relayed body closes it when the WSGI server closes the body.
-    Only when the application raises past Flask (gunicorn refusing what
-    ``start_response`` was given, say), or returns without a relay and without
-    an error answer, is it left open: this closes it then, as a 500.
+    ``routed.failed`` closes the exchange of a request answered with an error
+    (for ``Dispatch`` and Flask's error handlers alike), and a relayed body
+    closes it when the WSGI server closes the body. Only when the application
+    raises past both (gunicorn refusing what ``start_response`` was given,
+    say), or returns without a relay and without an error answer, is it left
+    open: this closes it then, as a 500.
     """
 
     def __init__(self, app):

@@ -109,10 +109,8 @@ def body_kind(content_type: str) -> str:
     """``"json"`` or ``"form"`` (multipart/form-data) from a request's Content-Type;
     else 415. JSON is what Werkzeug's ``is_json`` says: ``application/json`` or
     ``application/*+json``."""
-    mimetype = content_type.split(";", 1)[0].strip().lower()
-    if mimetype == "application/json" or (
-        mimetype.startswith("application/") and mimetype.endswith("+json")
-    ):
+    kind = mimetype(content_type)
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
         return "json"
     if forms.is_form(content_type):
         return "form"
@@ -120,6 +118,11 @@ def body_kind(content_type: str) -> str:
     raise UnsupportedMediaType(
         f"Content-Type must be application/json or multipart/form-data, got {shown}"
     )
+
+
+def mimetype(content_type: str) -> str:
+    """The media type of a ``Content-Type`` value, lower-case, without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def request_headers(environ: dict) -> list[tuple[str, str]]:

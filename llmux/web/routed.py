@@ -140,6 +140,15 @@ def merge_headers(headers: list[tuple[str, str]], extra: list[tuple[str, str]]) 
             del headers[i]
 
 
+def begin(environ: dict, config) -> None:
+    """What every request gets first, routed or Flask's: ``config`` as its snapshot
+    (whatever a reload does meanwhile), its client socket's timeout and
+    ``TCP_NODELAY``, and its request id."""
+    environ[CONFIG] = config
+    inbound.prepare_client_socket(environ, config.proxy.client_timeout)
+    logs.request_id.set(request_id_from(environ.get("HTTP_X_REQUEST_ID")))
+
+
 def is_local(environ: dict) -> bool:
     """Whether Flask answers this request: one of its paths, ``OPTIONS``, or a method
     llmux does not route (405)."""
@@ -191,10 +200,8 @@ class Dispatch:
     def __call__(self, environ, start_response):
         if is_local(environ):
             return self.local(environ, start_response)
-        # one config per request, whatever a reload does meanwhile
-        config = environ[CONFIG] = self.config()
-        inbound.prepare_client_socket(environ, config.proxy.client_timeout)
-        logs.request_id.set(request_id_from(environ.get("HTTP_X_REQUEST_ID")))
+        config = self.config()
+        begin(environ, config)
         answer = None
         try:
             answer = self._answer(environ, config)
